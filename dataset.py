@@ -1,0 +1,551 @@
+"""Read a V1 data directory (../shared/docs/data-format.md) once into compact arrays, and cache it.
+
+The only module that knows the file layout. What comes out is a `Dataset`:
+- `seqs`: every user's tokens as flat integer arrays plus line offsets (the profile token first,
+  then the items in time order);
+- `tables`: per-item and per-user feature tables (sparse ids, padded array ids, continual values,
+  multimodal vectors), indexed by reid, row 0 = padding/missing;
+- `schema`: which feature ids form which group, their vocabulary sizes and vector dimensions,
+  discovered from the data (or read from a `schema.json` a converter wrote).
+The parse is slow Python, so it runs once: its result is stored as .npy files in a cache folder
+keyed by the inputs' names, sizes and modification times, and later runs memory-map it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import safe_pickle
+
+try:  # orjson parses seq.jsonl several times faster; plain json is the fallback
+    import orjson
+
+    json_loads = orjson.loads
+except ImportError:  # pragma: no cover - exercised only where orjson is missing
+    json_loads = json.loads
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+FEATURE_GROUPS = ("user_sparse", "user_array", "user_continual",
+                  "item_sparse", "item_array", "item_continual")
+DEFAULT_MM_EMB_ID = "81"  # the competition's 32-d multimodal feature, used when present
+BAD_RECORD_POLICIES = ("error", "skip")
+TOKEN_ITEM, TOKEN_PROFILE = 1, 2
+
+
+class DataError(Exception):
+    """Input data that does not follow the layout; the message names the file and line or key."""
+
+
+@dataclass
+class FeatureSchema:
+    """Feature ids by group; `vocab[fid]` values for sparse/array ids (table rows = vocab + 1)."""
+    user_sparse: list[str] = field(default_factory=list)
+    user_array: list[str] = field(default_factory=list)
+    user_continual: list[str] = field(default_factory=list)
+    item_sparse: list[str] = field(default_factory=list)
+    item_array: list[str] = field(default_factory=list)
+    item_continual: list[str] = field(default_factory=list)
+    vocab: dict[str, int] = field(default_factory=dict)
+    mm_dims: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSchema":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class SequenceData:
+    """All users' token sequences, flat. Line u holds tokens line_offsets[u]:line_offsets[u+1]."""
+    tok_id: np.ndarray       # (T,) int32: item reid, or the user reid for a profile token
+    tok_type: np.ndarray     # (T,) int8: 1 item, 2 user profile
+    tok_action: np.ndarray   # (T,) int16: action type of the record (null -> 0)
+    line_offsets: np.ndarray  # (U+1,) int64
+    line_user: np.ndarray    # (U,) int32 user reid of each line
+    has_profile: np.ndarray  # (U,) bool: the line's first token is its profile
+
+    @property
+    def num_lines(self) -> int:
+        return len(self.line_user)
+
+
+@dataclass
+class FeatureTables:
+    """Feature tables by reid; row 0 is all zeros (padding / missing)."""
+    item_sparse: np.ndarray      # (I+1, n_item_sparse) int32
+    item_array: np.ndarray       # (I+1, n_item_array, A) int32, zero-padded lists
+    item_continual: np.ndarray   # (I+1, n_item_continual) float32
+    user_sparse: np.ndarray      # (U+1, n_user_sparse) int32
+    user_array: np.ndarray       # (U+1, n_user_array, A) int32
+    user_continual: np.ndarray   # (U+1, n_user_continual) float32
+    mm: dict[str, np.ndarray]    # fid -> (I+1, dim) float32
+
+
+@dataclass
+class Dataset:
+    schema: FeatureSchema
+    seqs: SequenceData
+    tables: FeatureTables
+    itemnum: int
+    usernum: int
+    item_valid: np.ndarray  # (I+1,) bool: the item exists (may be drawn as a negative)
+    stats: dict
+
+    def item_counts(self) -> np.ndarray:
+        """(I+1,) int64 frequency of each item over all lines' item tokens."""
+        items = self.seqs.tok_id[self.seqs.tok_type == TOKEN_ITEM]
+        return np.bincount(items, minlength=self.itemnum + 1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
+                 mm_emb_ids: list[str] | None = None, on_bad_record: str = "error",
+                 use_cache: bool = True) -> Dataset:
+    """Load `data_dir`, from the cache when its inputs are unchanged, else parse and cache.
+
+    mm_emb_ids=None means feature 81 when creative_emb/ has it, else none.
+    """
+    data_dir = Path(data_dir)
+    _require(data_dir / "seq.jsonl", data_dir / "seq_offsets.pkl", data_dir / "indexer.pkl",
+             data_dir / "item_feat_dict.json")
+    mm_emb_ids = resolve_mm_ids(data_dir, mm_emb_ids)
+    key = _cache_key(data_dir, mm_emb_ids, on_bad_record)
+    root = Path(cache_dir) if cache_dir else data_dir / ".cache"
+    path = root / f"v1-{key}"
+    if use_cache and (path / "meta.json").exists():
+        log.info("loading cached parse %s", path)
+        return _read_cache(path)
+    dataset = _parse(data_dir, mm_emb_ids, on_bad_record)
+    if use_cache:
+        _write_cache_atomically(dataset, path)
+    return dataset
+
+
+def _require(*paths: Path) -> None:
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: missing (a V1 data directory needs seq.jsonl, seq_offsets.pkl, "
+                            "indexer.pkl and item_feat_dict.json)")
+
+
+def resolve_mm_ids(data_dir: Path, mm_emb_ids: list[str] | None) -> list[str]:
+    if mm_emb_ids is None:
+        return [DEFAULT_MM_EMB_ID] if find_mm_source(data_dir, DEFAULT_MM_EMB_ID) else []
+    for fid in mm_emb_ids:
+        if find_mm_source(data_dir, fid) is None:
+            raise DataError(f"{data_dir / 'creative_emb'}: no emb_{fid}_<dim>.pkl or emb_{fid}_<dim>/ "
+                            f"for --mm_emb_id {fid}")
+    return list(mm_emb_ids)
+
+
+def _input_files(data_dir: Path) -> list[Path]:
+    files = [data_dir / n for n in ("seq.jsonl", "seq_offsets.pkl", "indexer.pkl",
+                                    "item_feat_dict.json", "schema.json")]
+    emb = data_dir / "creative_emb"
+    if emb.is_dir():
+        files += sorted(p for p in emb.rglob("*") if p.is_file())
+    return [p for p in files if p.exists()]
+
+
+def _cache_key(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> str:
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, mm_emb_ids, on_bad_record]).encode())
+    for p in _input_files(data_dir):
+        st = p.stat()
+        h.update(f"{p.relative_to(data_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the parse
+
+class BadRecords:
+    """Applies --on_bad_record: raise at once, or count and log what was skipped."""
+
+    def __init__(self, policy: str):
+        if policy not in BAD_RECORD_POLICIES:
+            raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {policy!r}")
+        self.policy, self.count = policy, 0
+
+    def __call__(self, message: str) -> None:
+        if self.policy == "error":
+            raise DataError(message)
+        self.count += 1
+        if self.count <= 10:
+            log.warning("skipped: %s", message)
+
+
+def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> Dataset:
+    bad = BadRecords(on_bad_record)
+    indexer = load_pickle_checked(data_dir / "indexer.pkl")
+    if not isinstance(indexer, dict) or not {"u", "i", "f"} <= indexer.keys():
+        raise DataError(f"{data_dir / 'indexer.pkl'}: expected a dict with keys 'u', 'i', 'f'")
+    itemnum, usernum = len(indexer["i"]), len(indexer["u"])
+    item_feats = _load_item_feat_dict(data_dir / "item_feat_dict.json", itemnum, bad)
+    seqs, user_feats, record_item_feats, stats = _parse_sequences(data_dir, itemnum, usernum, bad)
+    for reid, feats in record_item_feats.items():  # items missing from item_feat_dict
+        item_feats.setdefault(reid, feats)
+    schema = _schema(data_dir, indexer["f"], user_feats, item_feats)
+    schema.mm_dims = {fid: _mm_dim(find_mm_source(data_dir, fid)) for fid in mm_emb_ids}
+    tables = FeatureTables(
+        *fill_feature_tables(item_feats, itemnum, schema, "item", bad, "item_feat_dict.json"),
+        *fill_feature_tables(user_feats, usernum, schema, "user", bad, "seq.jsonl (user profile)"),
+        mm={fid: load_mm_table(data_dir, fid, schema.mm_dims[fid], indexer["i"], itemnum)
+            for fid in mm_emb_ids},
+    )
+    item_valid = np.zeros(itemnum + 1, dtype=bool)
+    item_valid[list(item_feats)] = True
+    stats["bad_records_skipped"] = bad.count
+    if seqs.num_lines == 0:
+        raise DataError(f"{data_dir / 'seq.jsonl'}: no user has any item: the dataset is empty")
+    log.info("parsed %s: %d users with items, %d items, %d tokens, %d lines skipped (no items), "
+             "%d bad records skipped", data_dir, seqs.num_lines, itemnum, len(seqs.tok_id),
+             stats["lines_without_items"], bad.count)
+    return Dataset(schema, seqs, tables, itemnum, usernum, item_valid, stats)
+
+
+def load_pickle_checked(path: Path):
+    try:
+        return safe_pickle.load(path)
+    except safe_pickle.UnsafePickleError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or not a pickle at all
+        raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def _load_item_feat_dict(path: Path, itemnum: int, bad: BadRecords) -> dict[int, dict]:
+    try:
+        raw = json_loads(path.read_bytes())
+    except ValueError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object of item reid -> features")
+    feats = {}
+    for key, value in raw.items():
+        reid = int(key) if key.isdigit() else -1
+        if not 1 <= reid <= itemnum:
+            bad(f"{path}: key {key!r} is not an item reid in 1..{itemnum} (indexer.pkl 'i')")
+        elif not isinstance(value, dict):
+            bad(f"{path}: key {key!r}: expected a feature object, got {type(value).__name__}")
+        else:
+            feats[reid] = value
+    return feats
+
+
+def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords):
+    path = data_dir / "seq.jsonl"
+    offsets = load_pickle_checked(data_dir / "seq_offsets.pkl")
+    if not isinstance(offsets, list | tuple | np.ndarray):
+        raise DataError(f"{data_dir / 'seq_offsets.pkl'}: expected a list of byte offsets")
+    tok_id, tok_type, tok_action, line_lens, line_user, line_profile = [], [], [], [], [], []
+    user_feats, record_item_feats, empty = {}, {}, 0
+    position, lineno = 0, 0
+    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                     desc="parse seq.jsonl", disable=None, leave=False) as bar:
+        for lineno, line in enumerate(f, 1):
+            _check_offset(offsets, lineno, position, data_dir)
+            position += len(line)
+            bar.update(len(line))
+            parsed = _parse_line(line, path, lineno, itemnum, usernum, bad)
+            if parsed is None:
+                continue
+            user, profile, items = parsed
+            if not items:
+                empty += 1  # a user with no items has nothing to learn from: skipped, counted
+                continue
+            if profile is not None:
+                user_feats[user] = profile
+            for reid, feats, _ in items:
+                record_item_feats.setdefault(reid, feats)
+            has = profile is not None
+            ids = [user] * has + [i for i, _, _ in items]
+            tok_id += ids
+            tok_type += [TOKEN_PROFILE] * has + [TOKEN_ITEM] * len(items)
+            tok_action += [0] * has + [a for _, _, a in items]
+            line_lens.append(len(ids))
+            line_user.append(user)
+            line_profile.append(has)
+    if len(offsets) != lineno:
+        raise DataError(f"{data_dir / 'seq_offsets.pkl'}: holds {len(offsets)} offsets but "
+                        f"{path} has {lineno} lines")
+    seqs = SequenceData(
+        tok_id=np.asarray(tok_id, dtype=np.int32),
+        tok_type=np.asarray(tok_type, dtype=np.int8),
+        tok_action=np.asarray(tok_action, dtype=np.int16),
+        line_offsets=np.concatenate([[0], np.cumsum(line_lens, dtype=np.int64)]).astype(np.int64),
+        line_user=np.asarray(line_user, dtype=np.int32),
+        has_profile=np.asarray(line_profile, dtype=bool),
+    )
+    return seqs, user_feats, record_item_feats, {"lines_without_items": empty}
+
+
+def _check_offset(offsets, lineno: int, position: int, data_dir: Path) -> None:
+    k = lineno - 1
+    if k >= len(offsets) or int(offsets[k]) != position:
+        got = offsets[k] if k < len(offsets) else "nothing"
+        raise DataError(f"{data_dir / 'seq_offsets.pkl'}: entry {k} is {got} but line {lineno} of "
+                        f"seq.jsonl starts at byte {position}: the offsets do not match seq.jsonl")
+
+
+def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int,
+                bad: BadRecords):
+    """-> (user reid, profile features or None, [(item reid, item features, action)]) or None."""
+    where = f"{path}:{lineno}"
+    try:
+        records = json_loads(line)
+    except ValueError as e:
+        bad(f"{where}: invalid JSON ({e})")
+        return None
+    if not isinstance(records, list):
+        bad(f"{where}: expected a JSON array of records, got {type(records).__name__}")
+        return None
+    user, profile, items = 0, None, []
+    for n, rec in enumerate(records):
+        if not isinstance(rec, list) or len(rec) != 6:
+            bad(f"{where}: record {n}: expected [user_id, item_id, user_feature, item_feature, "
+                f"action_type, timestamp], got {str(rec)[:80]}")
+            continue
+        u, i, u_feat, i_feat, action, _ts = rec
+        if not _valid_id(u, usernum) or not _valid_id(i, itemnum):
+            bad(f"{where}: record {n}: user id {u!r} / item id {i!r} outside the indexer "
+                f"(users 1..{usernum}, items 1..{itemnum})")
+            continue
+        if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
+            bad(f"{where}: record {n}: action_type must be an integer or null, got {action!r}")
+            continue
+        if u and not user:
+            user = u
+        # As the baseline: a profile needs a user id and features, an item an id and features.
+        if u and u_feat:
+            if not isinstance(u_feat, dict):
+                bad(f"{where}: record {n}: user_feature must be an object")
+                continue
+            profile = u_feat
+        if i and i_feat:
+            if not isinstance(i_feat, dict):
+                bad(f"{where}: record {n}: item_feature must be an object")
+                continue
+            items.append((i, i_feat, action or 0))
+    if items and not user:
+        bad(f"{where}: no record names the user id")
+        return None
+    return user, profile, items
+
+
+def _valid_id(x, n: int) -> bool:
+    return x is None or (isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= n)
+
+
+# --------------------------------------------------------------------------- schema and tables
+
+def _schema(data_dir: Path, indexer_f: dict, user_feats: dict, item_feats: dict) -> FeatureSchema:
+    """Groups from schema.json when a converter wrote one, else from the data itself: a feature
+    the indexer maps is sparse (array when any value is a list), any other is continual."""
+    path = data_dir / "schema.json"
+    if path.exists():
+        try:
+            schema = FeatureSchema.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{path}: not a valid schema ({e})") from None
+    else:
+        schema = FeatureSchema()
+        for side, feats in (("user", user_feats), ("item", item_feats)):
+            fids, listy = set(), set()
+            for f in feats.values():
+                fids.update(f)
+                listy.update(k for k, v in f.items() if isinstance(v, list))
+            for fid in sorted(fids, key=_fid_order):
+                kind = ("array" if fid in listy else "sparse") if fid in indexer_f else "continual"
+                getattr(schema, f"{side}_{kind}").append(fid)
+    for fid in _categorical_fids(schema):
+        if fid not in indexer_f:
+            raise DataError(f"{data_dir / 'indexer.pkl'}: 'f' has no vocabulary for feature {fid}")
+        schema.vocab[fid] = len(indexer_f[fid])
+    return schema
+
+
+def _fid_order(fid: str):
+    return (0, int(fid), "") if fid.isdigit() else (1, 0, fid)
+
+
+def _categorical_fids(schema: FeatureSchema) -> list[str]:
+    return schema.user_sparse + schema.user_array + schema.item_sparse + schema.item_array
+
+
+def fill_feature_tables(feats: dict[int, dict], n: int, schema: FeatureSchema, side: str,
+                 bad: BadRecords, source: str):
+    """-> (sparse (n+1, S) int32, array (n+1, A_n, W) int32, continual (n+1, C) float32)."""
+    sparse_ids, array_ids, cont_ids = (getattr(schema, f"{side}_{k}")
+                                       for k in ("sparse", "array", "continual"))
+    width = max([1] + [len(v) for f in feats.values() for k, v in f.items()
+                       if k in array_ids and isinstance(v, list)])
+    sparse = np.zeros((n + 1, len(sparse_ids)), np.int32)
+    array = np.zeros((n + 1, len(array_ids), width), np.int32)
+    cont = np.zeros((n + 1, len(cont_ids)), np.float32)
+    cols = {fid: ("s", j) for j, fid in enumerate(sparse_ids)}
+    cols.update({fid: ("a", j) for j, fid in enumerate(array_ids)})
+    cols.update({fid: ("c", j) for j, fid in enumerate(cont_ids)})
+    for reid, f in tqdm(feats.items(), desc=f"{side} features", disable=None, leave=False):
+        for fid, value in f.items():
+            kind, j = cols.get(fid, (None, 0))
+            where = f"{source}: {side} {reid}, feature {fid}"
+            if kind == "s":
+                sparse[reid, j] = _checked_id(value, schema.vocab[fid], where, bad)
+            elif kind == "a":
+                values = value if isinstance(value, list) else [value]
+                ids = [_checked_id(v, schema.vocab[fid], where, bad) for v in values]
+                array[reid, j, :len(ids)] = ids
+            elif kind == "c":
+                cont[reid, j] = _checked_float(value, where, bad)
+    return sparse, array, cont
+
+
+def _checked_id(value, vocab: int, where: str, bad: BadRecords) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= vocab:
+        return value
+    bad(f"{where}: expected a value id in 0..{vocab} (indexer.pkl 'f'), got {value!r}")
+    return 0
+
+
+def _checked_float(value, where: str, bad: BadRecords) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    bad(f"{where}: expected a number, got {value!r}")
+    return 0.0
+
+
+# --------------------------------------------------------------------------- multimodal vectors
+
+_MM_NAME = re.compile(r"^emb_(?P<fid>[^_]+)_(?P<dim>\d+)(?:\.pkl)?$")
+
+
+def find_mm_source(data_dir: Path, fid: str) -> Path | None:
+    emb = data_dir / "creative_emb"
+    if not emb.is_dir():
+        return None
+    for p in sorted(emb.iterdir()):
+        m = _MM_NAME.match(p.name)
+        if m and m["fid"] == fid and (p.is_dir() or p.suffix == ".pkl"):
+            return p
+    return None
+
+
+def _mm_dim(path: Path) -> int:
+    return int(_MM_NAME.match(path.name)["dim"])
+
+
+def load_mm_table(data_dir: Path, fid: str, dim: int, item_indexer: dict, itemnum: int) -> np.ndarray:
+    """(I+1, dim) float32; rows of items without a vector stay zero (coverage is partial)."""
+    table = np.zeros((itemnum + 1, dim), np.float32)
+    reid_of = _raw_id_lookup(item_indexer)
+    for where, cid, vec in _iter_mm_vectors(find_mm_source(data_dir, fid)):
+        reid = reid_of(cid)
+        if reid is None or not 1 <= reid <= itemnum:
+            continue  # vectors of creatives outside the indexer are unused
+        arr = np.asarray(vec, dtype=np.float32)
+        if arr.shape != (dim,):
+            raise DataError(f"{where}: creative {cid}: expected a vector of dimension {dim}, "
+                            f"got shape {arr.shape}")
+        table[reid] = arr
+    return table
+
+
+def _raw_id_lookup(item_indexer: dict):
+    """Raw creative ids are ints in some files and strings in others: accept both spellings."""
+    def reid_of(cid):
+        r = item_indexer.get(cid)
+        if r is None:
+            r = item_indexer.get(str(cid) if not isinstance(cid, str) else
+                                 (int(cid) if cid.isdigit() else None))
+        return r
+    return reid_of
+
+
+def _iter_mm_vectors(source: Path):
+    """Yield (where, raw creative id, vector) from a pickle or a folder of JSON-lines parts."""
+    if source.is_file():
+        data = load_pickle_checked(source)
+        if not isinstance(data, dict):
+            raise DataError(f"{source}: expected a pickled dict of creative id -> vector")
+        for cid, vec in data.items():
+            yield f"{source}: key {cid!r}", cid, vec
+        return
+    parts = sorted(p for p in source.iterdir()
+                   if p.is_file() and (p.suffix == ".json" or p.name.startswith("part-")))
+    for part in parts:
+        with open(part, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{part}:{lineno}"
+                try:
+                    obj = json_loads(line)
+                    cid, vec = obj["anonymous_cid"], obj["emb"]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DataError(f"{where}: expected {{\"anonymous_cid\": id, \"emb\": [floats]}} "
+                                    f"({type(e).__name__}: {e})") from None
+                yield where, cid, vec
+
+
+# --------------------------------------------------------------------------- the cache
+
+_SEQ_FIELDS = ("tok_id", "tok_type", "tok_action", "line_offsets", "line_user", "has_profile")
+_TABLE_FIELDS = ("item_sparse", "item_array", "item_continual",
+                 "user_sparse", "user_array", "user_continual")
+
+
+def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
+    """Write into a temporary sibling folder, then rename: a crash never leaves half a cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+    except OSError as e:
+        log.warning("cannot write the parse cache next to the data (%s); pass --cache_dir", e)
+        return
+    try:
+        for name in _SEQ_FIELDS:
+            np.save(tmp / f"{name}.npy", getattr(dataset.seqs, name))
+        for name in _TABLE_FIELDS:
+            np.save(tmp / f"{name}.npy", getattr(dataset.tables, name))
+        for fid, table in dataset.tables.mm.items():
+            np.save(tmp / f"mm_{fid}.npy", table)
+        np.save(tmp / "item_valid.npy", dataset.item_valid)
+        meta = {"version": CACHE_VERSION, "schema": dataset.schema.to_dict(),
+                "itemnum": dataset.itemnum, "usernum": dataset.usernum, "stats": dataset.stats}
+        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
+        os.replace(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "meta.json").exists():  # a concurrent writer may have won the rename
+            raise
+
+
+def _read_cache(path: Path) -> Dataset:
+    meta = json.loads((path / "meta.json").read_text())
+    load = lambda name: np.load(path / f"{name}.npy", mmap_mode="r")  # noqa: E731
+    schema = FeatureSchema.from_dict(meta["schema"])
+    return Dataset(
+        schema=schema,
+        seqs=SequenceData(**{n: load(n) for n in _SEQ_FIELDS}),
+        tables=FeatureTables(**{n: load(n) for n in _TABLE_FIELDS},
+                             mm={fid: load(f"mm_{fid}") for fid in schema.mm_dims}),
+        itemnum=meta["itemnum"], usernum=meta["usernum"],
+        item_valid=load("item_valid"), stats=meta["stats"],
+    )

@@ -1,0 +1,533 @@
+"""Train the TAAC 2025 baseline model: `python main.py [--data_dir DIR] [flags]`.
+
+Reads top to bottom: flags -> run folders and logging -> seed and device -> data and split ->
+sampler, model, optimizer -> resume -> loop (train, validate, checkpoint) -> final test.
+`main(argv)` returns the final results so tests can call it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import checkpoint as ckpt
+import distributed as dist
+from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
+    random_user_split, training_arrays
+from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
+from evaluate import evaluate, format_table
+from model import ATTENTION_IMPLS, BaseModel
+from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES, build_sampler
+from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITY_TYPES, build_similarity
+
+log = logging.getLogger("main")
+
+# The platform's environment variables, mapped to flag defaults here and nowhere else.
+ENV_DEFAULTS = {"data_dir": "TRAIN_DATA_PATH", "log_dir": "TRAIN_LOG_PATH",
+                "tb_dir": "TRAIN_TF_EVENTS_PATH", "ckpt_dir": "TRAIN_CKPT_PATH"}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+# --------------------------------------------------------------------------- flags
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data and run folders")
+    g.add_argument("--data_dir", default=os.environ.get(ENV_DEFAULTS["data_dir"]),
+                   help="V1 data directory (env TRAIN_DATA_PATH); none: the built-in demo dataset")
+    g.add_argument("--log_dir", default=os.environ.get(ENV_DEFAULTS["log_dir"]),
+                   help="train.log, args.json, metrics.json (env TRAIN_LOG_PATH; default runs/<name>/logs)")
+    g.add_argument("--tb_dir", default=os.environ.get(ENV_DEFAULTS["tb_dir"]),
+                   help="TensorBoard event files (env TRAIN_TF_EVENTS_PATH; default runs/<name>/tb)")
+    g.add_argument("--ckpt_dir", default=os.environ.get(ENV_DEFAULTS["ckpt_dir"]),
+                   help="checkpoint folders (env TRAIN_CKPT_PATH; default runs/<name>/ckpt)")
+    g.add_argument("--run_name", default=time.strftime("%Y%m%d-%H%M%S"),
+                   help="name of the run folder under runs/ used for unset folders")
+    g.add_argument("--cache_dir", default=None,
+                   help="where the parsed data is cached (default: <data_dir>/.cache)")
+    g.add_argument("--mm_emb_id", nargs="+", default=None,
+                   help="multimodal feature ids to use from creative_emb/ (default: 81 when present)")
+    g.add_argument("--on_bad_record", choices=BAD_RECORD_POLICIES, default="error",
+                   help="a malformed record stops the run (error) or is skipped and counted (skip)")
+    g.add_argument("--demo_users", type=int, default=3000, help="users of the built-in demo dataset")
+    g.add_argument("--demo_items", type=int, default=2000, help="items of the built-in demo dataset")
+
+    g = p.add_argument_group("model (the baseline's flags and defaults)")
+    g.add_argument("--maxlen", type=int, default=101, help="tokens per sequence; arrays have maxlen+1 slots")
+    g.add_argument("--hidden_units", type=int, default=32, help="embedding and model width")
+    g.add_argument("--num_blocks", type=int, default=1, help="self-attention blocks")
+    g.add_argument("--num_heads", type=int, default=1, help="attention heads")
+    g.add_argument("--dropout_rate", type=float, default=0.2, help="dropout everywhere (embeddings, attention, FFN)")
+    g.add_argument("--norm_first", action="store_true", help="pre-LN blocks instead of post-LN")
+    g.add_argument("--attention_impl", choices=ATTENTION_IMPLS, default="fast",
+                   help="sdpa: torch's scaled_dot_product_attention; fast: same function, cheaper dropout mask")
+    g.add_argument("--use_adaptive_similarity", action="store_true",
+                   help="score with a learned mix of similarities instead of the dot product")
+    g.add_argument("--similarity_types", nargs="+", choices=SIMILARITY_TYPES,
+                   default=list(DEFAULT_SIMILARITY_TYPES),
+                   help="similarities mixed by --use_adaptive_similarity")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--batch_size", type=int, default=128, help="sequences per step")
+    g.add_argument("--lr", type=float, default=0.001, help="Adam learning rate")
+    g.add_argument("--num_epochs", type=int, default=3, help="training epochs")
+    g.add_argument("--l2_emb", type=float, default=0.0, help="weight of the item-embedding norm in the loss")
+    g.add_argument("--seed", type=int, default=42, help="seeds the split, init, dropout and negatives")
+    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
+                   help="bf16 autocast for the model; losses and metrics stay fp32")
+    g.add_argument("--log_every", type=int, default=20, help="steps between Loss/train points")
+    g.add_argument("--state_dict_path", default=None,
+                   help="checkpoint folder or model.pt: resume training, or serve --inference_only")
+    g.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in --ckpt_dir")
+    g.add_argument("--inference_only", action="store_true",
+                   help="no training: evaluate the --state_dict_path checkpoint and exit")
+
+    g = p.add_argument_group("negative sampling")
+    g.add_argument("--use_smart_sampling", action="store_true",
+                   help="draw a share of negatives by popularity, the rest uniformly")
+    g.add_argument("--popular_ratio", type=float, default=0.3, help="share of popularity-drawn negatives")
+    g.add_argument("--popularity_source", choices=POPULARITY_SOURCES, default="counts",
+                   help="counts: training frequency ** factor; power_law: 1 / item_id ** factor")
+    g.add_argument("--popularity_factor", type=float, default=0.75, help="exponent of the popularity")
+    g.add_argument("--popular_ratio_schedule", choices=RATIO_SCHEDULES, default="constant",
+                   help="linear: ramp the popular share from 0 to --popular_ratio (curriculum)")
+    g.add_argument("--curriculum_epochs", type=int, default=5, help="epochs of the linear ramp")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval_protocol", choices=SPLITS, default="random_user",
+                   help="random_user: the baseline's 90/10 user split with validation loss; "
+                        "leave_one_out: ranking metrics on each user's last items")
+    g.add_argument("--eval_every", type=int, default=1, help="epochs between validation rankings")
+    g.add_argument("--patience", type=int, default=0,
+                   help="stop after this many rankings without a better valid NDCG@10 (0: never)")
+    g.add_argument("--eval_filter_seen", action=argparse.BooleanOptionalAction, default=True,
+                   help="exclude the user's input items from the ranking")
+    g.add_argument("--eval_sampled", type=int, default=0,
+                   help="rank against N sampled negatives (the SASRec paper's 100) instead of all items")
+    g.add_argument("--eval_batch_size", type=int, default=512, help="users per evaluation chunk")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(set(args.similarity_types)) != len(args.similarity_types):
+        parser.error(f"--similarity_types has a duplicate: {args.similarity_types}")
+    if not 0.0 <= args.popular_ratio <= 1.0:
+        parser.error("--popular_ratio must be in [0, 1]")
+    if args.resume and args.state_dict_path:
+        parser.error("--resume and --state_dict_path are alternatives: pass one")
+    if args.inference_only and not args.state_dict_path:
+        parser.error("--inference_only needs --state_dict_path")
+    for name in ("log_dir", "tb_dir", "ckpt_dir"):
+        if getattr(args, name) is None:
+            setattr(args, name, str(Path("runs") / args.run_name / name.split("_")[0]))
+    return args
+
+
+# --------------------------------------------------------------------------- setup
+
+def setup_logging(log_dir: str, rank: int) -> None:
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if rank == 0:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(Path(log_dir) / "train.log"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    log.info("device: %s%s", device,
+             f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    return device
+
+
+def load_data(args):
+    data_dir = args.data_dir
+    if data_dir is None:
+        data_dir = ensure_demo_data(args)
+    return load_dataset(data_dir, args.cache_dir, args.mm_emb_id, args.on_bad_record)
+
+
+def ensure_demo_data(args) -> str:
+    """The built-in demo dataset, generated once (deterministically) under .demo_data/."""
+    from demo_data import write_demo_dataset
+    root = Path(args.cache_dir or ".demo_data")
+    path = root / f"demo_u{args.demo_users}_i{args.demo_items}"
+    if dist.is_main() and not (path / "seq.jsonl").exists():
+        log.info("no --data_dir: generating the demo dataset in %s", path)
+        write_demo_dataset(path, num_users=args.demo_users, num_items=args.demo_items, seed=0)
+    dist.barrier()
+    return str(path)
+
+
+def make_split(args, data):
+    if args.eval_protocol == "leave_one_out":
+        return leave_one_out_split(data.seqs)
+    return random_user_split(data.seqs, valid_share=0.1, seed=args.seed)
+
+
+def make_sampler(args, data, split, seed: int):
+    return build_sampler(data.itemnum, item_counts(data.seqs, split.train, data.itemnum),
+                         np.asarray(data.item_valid), seed, args.use_smart_sampling,
+                         args.popular_ratio, args.popularity_source, args.popularity_factor,
+                         args.popular_ratio_schedule, args.curriculum_epochs)
+
+
+def feature_tensors(data) -> dict[str, torch.Tensor]:
+    t = data.tables
+    tables = {name: torch.from_numpy(np.array(getattr(t, name))) for name in
+              ("item_sparse", "item_array", "item_continual",
+               "user_sparse", "user_array", "user_continual")}
+    tables.update({f"mm_{fid}": torch.from_numpy(np.array(v)) for fid, v in t.mm.items()})
+    return tables
+
+
+def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: int,
+                usernum: int) -> BaseModel:
+    """The model the flags describe; also rebuilds a trained one from a checkpoint's args."""
+    similarity = build_similarity(args.hidden_units, args.use_adaptive_similarity,
+                                  args.similarity_types)
+    return BaseModel(schema, tables, itemnum, usernum,
+                     hidden_units=args.hidden_units, num_blocks=args.num_blocks,
+                     num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
+                     norm_first=args.norm_first, similarity=similarity,
+                     attention_impl=args.attention_impl)
+
+
+# --------------------------------------------------------------------------- one step
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Pinned host memory + non_blocking copies, so the copy overlaps the GPU's work."""
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(v)
+        if device.type == "cuda":
+            t = t.pin_memory().to(device, non_blocking=True)
+        out[k] = t
+    return out
+
+
+def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
+    """The baseline's loss: BCE on positives (label 1) and negatives (label 0) over the slots
+    whose next token is an item. Masked means instead of boolean indexing, which would sync the
+    GPU. A negative of 0 (a user who has every item) is left out of the negative term."""
+    pos_mask = ((batch["next_token_type"] == 1) & (batch["pos"] != 0)).float()
+    neg_mask = pos_mask * (batch["neg"] != 0)
+    pos_loss = F.binary_cross_entropy_with_logits(pos_logits.float(), torch.ones_like(pos_mask),
+                                                  reduction="none")
+    neg_loss = F.binary_cross_entropy_with_logits(neg_logits.float(), torch.zeros_like(neg_mask),
+                                                  reduction="none")
+    return ((pos_loss * pos_mask).sum() / pos_mask.sum().clamp(min=1)
+            + (neg_loss * neg_mask).sum() / neg_mask.sum().clamp(min=1))
+
+
+def compute_loss(model, batch, args, amp_dtype) -> torch.Tensor:
+    with autocast(batch["seq"].device, amp_dtype):
+        pos_logits, neg_logits = model(batch["seq"], batch["token_type"], batch["pos"], batch["neg"])
+    loss = bce_loss(pos_logits, neg_logits, batch)
+    if args.l2_emb:
+        loss = loss + args.l2_emb * dist.unwrap(model).item_emb.weight.norm()
+    return loss
+
+
+def autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- training state
+
+class RunState:
+    """Counters and best-so-far values that a checkpoint must carry for an exact resume."""
+
+    def __init__(self):
+        self.epoch, self.global_step = 0, 0
+        self.best_ndcg, self.best_epoch, self.best_path, self.stale = -1.0, 0, None, 0
+        self.valid_loss, self.history = None, []
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)
+
+
+def save(args, model, optimizer, sampler, state: RunState, metrics: dict | None, data) -> Path:
+    raw = dist.unwrap(model)
+    config = {"args": vars(args), "model_params": sum(p.numel() for p in raw.parameters()
+                                                      if p.requires_grad),
+              # what inference needs to rebuild the model without the training data
+              "data": {"schema": data.schema.to_dict(), "itemnum": data.itemnum,
+                       "usernum": data.usernum},
+              "epoch": state.epoch, "global_step": state.global_step,
+              "valid_loss": state.valid_loss, "valid_metrics": metrics,
+              "similarity": raw.similarity.scalars(), "run_state": state.to_dict()}
+    tensors = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+               "sampler": json.dumps(sampler.state_dict())}
+    return ckpt.save_checkpoint(args.ckpt_dir, tensors, config)
+
+
+def restore(args, model, optimizer, sampler, state: RunState) -> None:
+    path = args.state_dict_path
+    if args.resume:
+        path = ckpt.latest_checkpoint(args.ckpt_dir)
+        if path is None:
+            log.info("--resume: no checkpoint in %s yet, starting fresh", args.ckpt_dir)
+            return
+    if path is None:
+        return
+    saved = ckpt.load_checkpoint(path)
+    ckpt.check_compatible(saved["config"]["args"], vars(args), path)
+    try:
+        dist.unwrap(model).load_state_dict(saved["model"])
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"{path}: weights do not fit this model: "
+                                   f"{str(e).splitlines()[0]} ...") from None
+    if not args.inference_only:
+        optimizer.load_state_dict(saved["optimizer"])
+        sampler.load_state_dict(json.loads(saved["sampler"]))
+        state.load(saved["config"]["run_state"])
+    log.info("restored %s (epoch %d, step %d)", path, state.epoch, state.global_step)
+
+
+# --------------------------------------------------------------------------- loop
+
+def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, state) -> None:
+    model.train()
+    window, window_steps = torch.zeros((), device=device), 0
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    bar = tqdm(batches.epoch(state.epoch), total=len(batches), desc=f"epoch {state.epoch}",
+               disable=None if dist.is_main() else True, leave=False)
+    for batch in bar:
+        loss = compute_loss(model, to_device(batch, device), args, amp_dtype)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.global_step += 1
+        # Remember the first non-finite step on the device; checked at log cadence (no sync).
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
+                               torch.tensor(state.global_step, device=device), bad_step)
+        window, window_steps = window + loss.detach(), window_steps + 1
+        if state.global_step % args.log_every == 0 or window_steps == len(batches):
+            _check_finite(bad_step)
+            log_train(writer, model, state, float(window) / window_steps, bar)
+            window, window_steps = torch.zeros((), device=device), 0
+    _check_finite(bad_step)
+
+
+def _check_finite(bad_step: torch.Tensor) -> None:
+    step = int(bad_step)
+    if step >= 0:
+        raise NonFiniteLoss(f"the loss became non-finite at step {step}; the last checkpoint "
+                            "is intact (try a lower --lr or --amp none)")
+
+
+def log_train(writer, model, state, loss: float, bar) -> None:
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if writer is None:
+        return
+    writer.add_scalar("Loss/train", loss, state.global_step)
+    # scalars() reads parameters with .item(): a GPU sync, so only here at log cadence.
+    for name, value in dist.unwrap(model).similarity.scalars().items():
+        writer.add_scalar(f"Similarity/{name}", value, state.global_step)
+
+
+@torch.no_grad()
+def validation_loss(model, seqs, ranges, args, device, amp_dtype, sampler) -> float:
+    """Mean BCE over held-out users (fixed-seed negatives, so epochs compare)."""
+    model.eval()
+    total, n = torch.zeros((), device=device), 0
+    batches = TrainBatches(seqs, ranges, args.maxlen, args.batch_size, sampler, seed=0,
+                           shuffle=False)
+    for batch in batches.epoch(0):
+        total += compute_loss(model, to_device(batch, device), args, amp_dtype)
+        n += 1
+    model.train()
+    return float(total) / max(n, 1)
+
+
+def validate(model, data, split, args, device, amp_dtype, state, writer) -> dict | None:
+    """Loss/valid every epoch; ranking metrics (leave_one_out) every --eval_every epochs."""
+    valid_ranges = split.valid.inputs if isinstance(split.valid, Queries) else split.valid
+    if isinstance(split.valid, Queries):  # loss on the validation targets themselves
+        valid_ranges = type(valid_ranges)(valid_ranges.lines, valid_ranges.start,
+                                          valid_ranges.end + 1)
+    fixed = make_sampler(args, data, split, seed=10_000 + args.seed)
+    state.valid_loss = validation_loss(model, data.seqs, valid_ranges, args, device, amp_dtype,
+                                       fixed)
+    writer.add_scalar("Loss/valid", state.valid_loss, state.global_step)
+    if not isinstance(split.valid, Queries) or state.epoch % args.eval_every:
+        log.info("epoch %d: valid loss %.4f", state.epoch, state.valid_loss)
+        return None
+    metrics = run_evaluation(model, data, split.valid, args, device, amp_dtype)
+    for key in ("HR@10", "NDCG@10", "AUC", "MRR", "score"):
+        writer.add_scalar(f"Metrics/valid_{key}", metrics[key], state.global_step)
+    log.info("epoch %d: valid loss %.4f, HR@10 %.4f, NDCG@10 %.4f", state.epoch,
+             state.valid_loss, metrics["HR@10"], metrics["NDCG@10"])
+    return metrics
+
+
+def run_evaluation(model, data, queries, args, device, amp_dtype) -> dict:
+    return evaluate(dist.unwrap(model), data.seqs, queries, data.itemnum, args.maxlen, device,
+                    batch_size=args.eval_batch_size, filter_seen=args.eval_filter_seen,
+                    sampled=args.eval_sampled, seed=args.seed, amp_dtype=amp_dtype)
+
+
+def log_epoch(writer, sampler, state, seconds: float) -> None:
+    for name, value in sampler.epoch_stats().items():
+        if not math.isnan(value):
+            writer.add_scalar(f"Sampling/{name}", value, state.global_step)
+    writer.add_scalar("Time/epoch_seconds", seconds, state.global_step)
+
+
+def track_best(state, metrics, path, patience: int) -> bool:
+    """Update best-by-valid-NDCG@10; True when --patience says stop."""
+    if metrics is None:
+        return False
+    if metrics["NDCG@10"] > state.best_ndcg:
+        state.best_ndcg, state.best_epoch, state.best_path, state.stale = \
+            metrics["NDCG@10"], state.epoch, str(path), 0
+    else:
+        state.stale += 1
+    return 0 < patience <= state.stale
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    rank, world, local_rank = dist.setup()
+    setup_logging(args.log_dir, rank)
+    set_seed(args.seed)
+    device = resolve_device(args.device, local_rank)
+    amp_dtype = AMP_DTYPES[args.amp]
+    data = load_data(args)
+    split = make_split(args, data)
+    sampler = make_sampler(args, data, split, seed=args.seed + 1 + rank)
+    model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
+                        data.usernum).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
+    state = RunState()
+    restore(args, model, optimizer, sampler, state)
+    model = dist.wrap(model, device)
+    writer = SummaryWriter(args.tb_dir) if dist.is_main() else dist.NullWriter()
+    if dist.is_main():
+        Path(args.log_dir, "args.json").write_text(json.dumps(vars(args), indent=2))
+    try:
+        if args.inference_only:
+            return finish(model, data, split, args, device, amp_dtype, state, writer, train=False)
+        batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler,
+                               seed=args.seed, rank=rank, world_size=world)
+        log.info("training: %d sequences, %d steps per epoch, %d parameters",
+                 len(split.train), len(batches), sum(p.numel() for p in model.parameters()))
+        train(model, optimizer, batches, sampler, data, split, args, device, amp_dtype, state, writer)
+        return finish(model, data, split, args, device, amp_dtype, state, writer, train=True)
+    finally:
+        writer.close()
+        dist.cleanup()
+
+
+def train(model, optimizer, batches, sampler, data, split, args, device, amp_dtype, state,
+          writer) -> None:
+    epochs = tqdm(range(state.epoch + 1, args.num_epochs + 1), desc="epochs",
+                  disable=None if dist.is_main() else True)
+    for epoch in epochs:
+        state.epoch = epoch
+        torch.manual_seed(args.seed * 100_003 + epoch)  # dropout stream depends on (seed, epoch)
+        sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, state)
+        stop = False
+        if dist.is_main():  # only rank 0 validates, logs and checkpoints
+            stop = end_epoch(model, optimizer, sampler, data, split, args, device, amp_dtype,
+                             state, writer, time.perf_counter() - start)
+        if dist.broadcast_flag(stop, device):
+            log.info("early stop: no better valid NDCG@10 for %d rankings", state.stale)
+            break
+
+
+def end_epoch(model, optimizer, sampler, data, split, args, device, amp_dtype, state, writer,
+              seconds: float) -> bool:
+    """Validate, checkpoint; True when early stopping says stop."""
+    log_epoch(writer, sampler, state, seconds)
+    raw = dist.unwrap(model)  # rank 0 alone: the DDP wrapper would wait for the other ranks
+    metrics = validate(raw, data, split, args, device, amp_dtype, state, writer)
+    state.history.append({"epoch": state.epoch, "valid_loss": state.valid_loss,
+                          "seconds": seconds,
+                          **({"valid_NDCG@10": metrics["NDCG@10"]} if metrics else {})})
+    name = ckpt.checkpoint_name(state.epoch, state.global_step)
+    stop = track_best(state, metrics, Path(args.ckpt_dir) / name, args.patience)
+    save(args, model, optimizer, sampler, state, metrics, data)
+    return stop
+
+
+def finish(model, data, split, args, device, amp_dtype, state, writer, train: bool) -> dict:
+    """Final results; with leave_one_out, TEST metrics of the best checkpoint -> metrics.json."""
+    result = {"epoch": state.epoch, "global_step": state.global_step,
+              "valid_loss": state.valid_loss}
+    if not dist.is_main() or split.test is None:
+        return result
+    if train and state.best_path:
+        dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(state.best_path)["model"])
+    results = {"valid": run_evaluation(model, data, split.valid, args, device, amp_dtype),
+               "test": run_evaluation(model, data, split.test, args, device, amp_dtype)}
+    print(format_table(results))
+    out = {**results, "best_epoch": state.best_epoch, "best_checkpoint": state.best_path,
+           "history": state.history}
+    _write_json_atomically(Path(args.log_dir) / "metrics.json", out)
+    return {**result, **out}
+
+
+def _write_json_atomically(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def cli() -> int:
+    try:
+        main()
+        return 0
+    except (DataError, ckpt.CheckpointError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,237 @@
+"""BaseModel: the TAAC 2025 baseline's SASRec-style encoder, with features gathered from tables.
+
+Faithful to the original: item id + item features -> itemdnn (ReLU); user id + user features ->
+userdnn (ReLU); a token is item part + user part, scaled by sqrt(hidden), plus an absolute
+position embedding; causal self-attention blocks (post-LN, or pre-LN with norm_first); a final
+LayerNorm. Different in one way that changes no number: the baseline turned per-token Python
+dicts into tensors inside forward; here every feature is a row of a table (a registered buffer)
+gathered by id, so forward is pure tensor work.
+
+Takes explicit hyperparameters and tensors only; the device comes from the inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from similarity import DotSimilarity
+
+TOKEN_ITEM, TOKEN_PROFILE = 1, 2
+ATTENTION_IMPLS = ("sdpa", "fast")
+
+
+def fast_dropout_mask(shape: torch.Size, p: float, device, generator=None) -> Tensor:
+    """Keep-mask with P(keep) = 1 - p, from 16 random bits per element.
+
+    torch's dropout draws one random float per element (bernoulli_), which at SASRec's attention
+    size dominates a CPU training step; random int32 words cut into two int16 halves give the
+    same mask from a quarter of the random bytes, and one integer compare. p is resolved to
+    1/65536, far below any effect on training.
+    """
+    n = math.prod(shape)
+    words = torch.randint(-2**31, 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32,
+                          device=device, generator=generator)
+    halves = words.view(torch.int16)[:n]
+    threshold = round(p * 65536) - 32768  # values in [-32768, threshold) are dropped
+    return (halves >= threshold).view(shape)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
+              impl: str = "sdpa") -> Tensor:
+    """q, k, v (B, H, L, d); mask (B, 1, L, L) bool, True = may attend -> (B, H, L, d).
+
+    "sdpa" is torch's scaled_dot_product_attention, as the baseline. "fast" computes the same
+    function with the same dropout semantics (on the attention weights, kept weights scaled by
+    1 / (1 - p)) but draws the dropout mask with `fast_dropout_mask`.
+    """
+    if impl == "sdpa" or dropout_p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    keep = fast_dropout_mask(weights.shape, dropout_p, weights.device)
+    weights = weights * keep * (1.0 / (1.0 - dropout_p))
+    return weights @ v
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, hidden: int, num_heads: int, dropout_rate: float, impl: str = "sdpa"):
+        super().__init__()
+        if hidden % num_heads:
+            raise ValueError(f"hidden_units {hidden} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.dropout_rate, self.impl = num_heads, dropout_rate, impl
+        self.q_linear = nn.Linear(hidden, hidden)
+        self.k_linear = nn.Linear(hidden, hidden)
+        self.v_linear = nn.Linear(hidden, hidden)
+        self.out_linear = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, L, D), mask (B, 1, L, L) -> (B, L, D)."""
+        b, n, d = x.shape
+        split = lambda t: t.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
+        out = attention(split(self.q_linear(x)), split(self.k_linear(x)), split(self.v_linear(x)),
+                        mask, self.dropout_rate if self.training else 0.0, self.impl)
+        return self.out_linear(out.transpose(1, 2).reshape(b, n, d))
+
+
+class PointWiseFeedForward(nn.Module):
+    """The baseline's Conv1d(kernel 1) pair, written as the equivalent Linear layers."""
+
+    def __init__(self, hidden: int, dropout_rate: float):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout_rate), nn.Dropout(dropout_rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout2(self.conv2(torch.relu(self.dropout1(self.conv1(x)))))
+
+
+class FeatureEmbedder(nn.Module):
+    """Ids -> token vectors. Tables are buffers (data, not weights: not saved in checkpoints).
+
+    tables: item_sparse (I+1, S) int, item_array (I+1, A, W) int, item_continual (I+1, C) float,
+    the same for user_*, and mm_<fid> (I+1, dim) float; row 0 is zeros, so padding and missing
+    values embed to zero exactly as the baseline's filled-in defaults did.
+    Optional item_emb_id / user_emb_id (rows,) int map a table row to its id-embedding row; by
+    default row r uses id r. Inference uses them for cold users and items: rows of their own
+    (their features count) whose id embedding is 0 (unseen ids map to 0).
+    """
+
+    def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
+                 hidden: int):
+        super().__init__()
+        self.schema = schema
+        self.item_emb = nn.Embedding(itemnum + 1, hidden, padding_idx=0)
+        self.user_emb = nn.Embedding(usernum + 1, hidden, padding_idx=0)
+        self.sparse_emb = nn.ModuleDict({
+            fid: nn.Embedding(schema["vocab"][fid] + 1, hidden, padding_idx=0)
+            for side in ("user", "item") for kind in ("sparse", "array")
+            for fid in schema[f"{side}_{kind}"]})
+        self.emb_transform = nn.ModuleDict({fid: nn.Linear(dim, hidden)
+                                            for fid, dim in schema["mm_dims"].items()})
+        for name, table in tables.items():
+            self.register_buffer(name, table, persistent=False)
+        n_item = 1 + len(schema["item_sparse"]) + len(schema["item_array"]) + len(schema["mm_dims"])
+        n_user = 1 + len(schema["user_sparse"]) + len(schema["user_array"])
+        self.itemdnn = nn.Linear(hidden * n_item + len(schema["item_continual"]), hidden)
+        self.userdnn = nn.Linear(hidden * n_user + len(schema["user_continual"]), hidden)
+
+    def _side(self, side: str, ids: Tensor, id_emb: nn.Embedding) -> list[Tensor]:
+        emb_id = getattr(self, f"{side}_emb_id", None)
+        parts = [id_emb(ids if emb_id is None else emb_id[ids])]
+        sparse = getattr(self, f"{side}_sparse")[ids]
+        parts += [self.sparse_emb[fid](sparse[..., j])
+                  for j, fid in enumerate(self.schema[f"{side}_sparse"])]
+        arrays = getattr(self, f"{side}_array")[ids]
+        parts += [self.sparse_emb[fid](arrays[..., j, :]).sum(-2)
+                  for j, fid in enumerate(self.schema[f"{side}_array"])]
+        if side == "item":
+            parts += [self.emb_transform[fid](getattr(self, f"mm_{fid}")[ids])
+                      for fid in self.schema["mm_dims"]]
+        if self.schema[f"{side}_continual"]:
+            parts.append(getattr(self, f"{side}_continual")[ids].to(parts[0].dtype))
+        return parts
+
+    def items(self, ids: Tensor) -> Tensor:
+        """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector."""
+        return torch.relu(self.itemdnn(torch.cat(self._side("item", ids, self.item_emb), -1)))
+
+    def users(self, ids: Tensor) -> Tensor:
+        """User ids (...) -> user part (..., D)."""
+        return torch.relu(self.userdnn(torch.cat(self._side("user", ids, self.user_emb), -1)))
+
+    def tokens(self, seq: Tensor, token_type: Tensor) -> Tensor:
+        """seq, token_type (B, L) -> (B, L, D): item part + user part, as the baseline."""
+        item_ids = seq * (token_type == TOKEN_ITEM)
+        user_ids = seq * (token_type == TOKEN_PROFILE)
+        return self.items(item_ids) + self.users(user_ids)
+
+
+class BaseModel(nn.Module):
+    """forward -> (pos_logits, neg_logits); predict -> (B, D); embed_items(ids) -> (..., D).
+
+    `maxlen` is the baseline's: sequences have maxlen + 1 slots. Every score goes through
+    `self.similarity` (dot product unless another similarity module is given).
+    """
+
+    def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
+                 hidden_units: int = 32, num_blocks: int = 1, num_heads: int = 1,
+                 dropout_rate: float = 0.2, maxlen: int = 101, norm_first: bool = False,
+                 similarity: nn.Module | None = None, attention_impl: str = "sdpa"):
+        super().__init__()
+        self.hidden, self.norm_first = hidden_units, norm_first
+        self.features = FeatureEmbedder(schema, tables, itemnum, usernum, hidden_units)
+        self.pos_emb = nn.Embedding(2 * maxlen + 1, hidden_units, padding_idx=0)
+        self.emb_dropout = nn.Dropout(dropout_rate)
+        self.attention_layernorms = nn.ModuleList()
+        self.attention_layers = nn.ModuleList()
+        self.forward_layernorms = nn.ModuleList()
+        self.forward_layers = nn.ModuleList()
+        for _ in range(num_blocks):
+            self.attention_layernorms.append(nn.LayerNorm(hidden_units, eps=1e-8))
+            self.attention_layers.append(
+                MultiHeadAttention(hidden_units, num_heads, dropout_rate, attention_impl))
+            self.forward_layernorms.append(nn.LayerNorm(hidden_units, eps=1e-8))
+            self.forward_layers.append(PointWiseFeedForward(hidden_units, dropout_rate))
+        self.last_layernorm = nn.LayerNorm(hidden_units, eps=1e-8)
+        self._init_weights()
+        # Added after the init so a similarity's own initialisation (bilinear = identity) stays.
+        self.similarity = similarity if similarity is not None else DotSimilarity()
+
+    def _init_weights(self) -> None:
+        """As the baseline: xavier-normal for every matrix, zero padding rows."""
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.xavier_normal_(p)
+        for m in self.modules():
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    @property
+    def item_emb(self) -> nn.Embedding:
+        return self.features.item_emb
+
+    def log2feats(self, seq: Tensor, token_type: Tensor) -> Tensor:
+        """seq, token_type (B, L) int -> (B, L, D) sequence representation at every slot."""
+        x = self.features.tokens(seq, token_type) * (self.hidden ** 0.5)
+        nonpad = seq != 0
+        positions = torch.arange(1, seq.shape[1] + 1, device=seq.device) * nonpad
+        x = self.emb_dropout(x + self.pos_emb(positions))
+        mask = self._attention_mask(nonpad)
+        for attn_ln, attn, ffn_ln, ffn in zip(self.attention_layernorms, self.attention_layers,
+                                              self.forward_layernorms, self.forward_layers):
+            if self.norm_first:
+                x = x + attn(attn_ln(x), mask)
+                x = x + ffn(ffn_ln(x))
+            else:
+                x = attn_ln(x + attn(x, mask))
+                x = ffn_ln(x + ffn(x))
+        return self.last_layernorm(x)
+
+    @staticmethod
+    def _attention_mask(nonpad: Tensor) -> Tensor:
+        """(B, L) -> (B, 1, L, L): causal and padding mask. Each slot also sees itself, which
+        changes nothing for real tokens but keeps padding rows from being fully masked (a fully
+        masked softmax row is NaN, and NaN times a zero weight would leak into real rows)."""
+        n = nonpad.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=nonpad.device).tril()
+        eye = torch.eye(n, dtype=torch.bool, device=nonpad.device)
+        return ((causal & nonpad[:, None, :]) | eye).unsqueeze(1)
+
+    def forward(self, seq: Tensor, token_type: Tensor, pos: Tensor, neg: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """(B, L) int each -> pos_logits, neg_logits (B, L)."""
+        feats = self.log2feats(seq, token_type)
+        return (self.similarity(feats, self.features.items(pos)),
+                self.similarity(feats, self.features.items(neg)))
+
+    def predict(self, seq: Tensor, token_type: Tensor) -> Tensor:
+        """(B, L) -> (B, D): the representation at the last (newest) slot."""
+        return self.log2feats(seq, token_type)[:, -1, :]
+
+    def embed_items(self, ids: Tensor) -> Tensor:
+        """Item ids (...) -> (..., D), the vectors the similarity scores queries against."""
+        return self.features.items(ids)
