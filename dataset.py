@@ -247,6 +247,7 @@ def _load_item_feat_dict(path: Path, itemnum: int, bad: BadRecords) -> dict[int,
 
 def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords):
     path = data_dir / "seq.jsonl"
+    keep_empty_items = _declares_no_item_features(data_dir)
     offsets = load_pickle_checked(data_dir / "seq_offsets.pkl")
     if not isinstance(offsets, list | tuple | np.ndarray):
         raise DataError(f"{data_dir / 'seq_offsets.pkl'}: expected a list of byte offsets")
@@ -259,7 +260,7 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
             _check_offset(offsets, lineno, position, data_dir)
             position += len(line)
             bar.update(len(line))
-            parsed = _parse_line(line, path, lineno, itemnum, usernum, bad)
+            parsed = _parse_line(line, path, lineno, itemnum, usernum, bad, keep_empty_items)
             if parsed is None:
                 continue
             user, profile, items = parsed
@@ -292,6 +293,20 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
     return seqs, user_feats, record_item_feats, {"lines_without_items": empty}
 
 
+def _declares_no_item_features(data_dir: Path) -> bool:
+    """A converted dataset without item features (schema.json lists none) writes `{}` as each
+    record's item features; the baseline's rule would drop every item of it."""
+    path = data_dir / "schema.json"
+    if not path.exists():
+        return False
+    try:
+        schema = json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
+    groups = ("item_sparse", "item_array", "item_continual", "mm_emb_ids")
+    return isinstance(schema, dict) and not any(schema.get(g) for g in groups)
+
+
 def _check_offset(offsets, lineno: int, position: int, data_dir: Path) -> None:
     k = lineno - 1
     if k >= len(offsets) or int(offsets[k]) != position:
@@ -301,7 +316,7 @@ def _check_offset(offsets, lineno: int, position: int, data_dir: Path) -> None:
 
 
 def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int,
-                bad: BadRecords):
+                bad: BadRecords, keep_empty_items: bool = False):
     """-> (user reid, profile features or None, [(item reid, item features, action)]) or None."""
     where = f"{path}:{lineno}"
     try:
@@ -328,13 +343,14 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
             continue
         if u and not user:
             user = u
-        # As the baseline: a profile needs a user id and features, an item an id and features.
+        # As the baseline: a profile needs a user id and features, an item an id and features
+        # (an empty feature dict too, when schema.json says the data has no item features).
         if u and u_feat:
             if not isinstance(u_feat, dict):
                 bad(f"{where}: record {n}: user_feature must be an object")
                 continue
             profile = u_feat
-        if i and i_feat:
+        if i and (i_feat or (keep_empty_items and i_feat == {})):
             if not isinstance(i_feat, dict):
                 bad(f"{where}: record {n}: item_feature must be an object")
                 continue
