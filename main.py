@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--l2_emb", type=float, default=0.0, help="weight of the item-embedding norm in the loss")
     g.add_argument("--seed", type=int, default=42, help="seeds the split, init, dropout and negatives")
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    g.add_argument("--sparse_embeddings", action="store_true",
+                   help="id/feature tables take sparse gradients and a lazy Adam (SparseAdam): "
+                        "step cost no longer grows with the catalogue")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model; losses and metrics stay fp32")
     g.add_argument("--log_every", type=int, default=20, help="steps between Loss/train points")
@@ -136,6 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--popular_ratio must be in [0, 1]")
     if args.resume and args.state_dict_path:
         parser.error("--resume and --state_dict_path are alternatives: pass one")
+    if args.sparse_embeddings and args.l2_emb:
+        parser.error("--l2_emb adds the norm of the whole item table (a dense gradient): "
+                     "it cannot be combined with --sparse_embeddings")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
     for name in ("log_dir", "tb_dir", "ckpt_dir"):
@@ -222,7 +228,43 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
                      hidden_units=args.hidden_units, num_blocks=args.num_blocks,
                      num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
                      norm_first=args.norm_first, similarity=similarity,
-                     attention_impl=args.attention_impl)
+                     attention_impl=args.attention_impl,
+                     sparse_embeddings=args.sparse_embeddings)
+
+
+class Optimizers(torch.optim.Optimizer):
+    """Adam for dense parameters plus SparseAdam for sparse embedding tables, stepped as one."""
+
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer):
+        self.parts = [dense, sparse]
+        self.param_groups = dense.param_groups + sparse.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None) -> None:
+        for opt in self.parts:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.parts[0].state_dict(), "sparse": self.parts[1].state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.parts[0].load_state_dict(state["dense"])
+        self.parts[1].load_state_dict(state["sparse"])
+
+
+def build_optimizer(model, args) -> torch.optim.Optimizer:
+    """Adam with the baseline's betas; with --sparse_embeddings the tables get SparseAdam."""
+    betas = (0.9, 0.98)
+    sparse = model.sparse_parameters()
+    if not sparse:
+        return torch.optim.Adam(model.parameters(), lr=args.lr, betas=betas)
+    ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in ids]
+    return Optimizers(torch.optim.Adam(dense, lr=args.lr, betas=betas),
+                      torch.optim.SparseAdam(sparse, lr=args.lr, betas=betas))
 
 
 # --------------------------------------------------------------------------- one step
@@ -331,7 +373,7 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     bar = tqdm(batches.epoch(state.epoch), total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
-    for batch in bar:
+    for i, batch in enumerate(bar):
         loss = compute_loss(model, to_device(batch, device), args, amp_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,7 +383,7 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
                                torch.tensor(state.global_step, device=device), bad_step)
         window, window_steps = window + loss.detach(), window_steps + 1
-        if state.global_step % args.log_every == 0 or window_steps == len(batches):
+        if state.global_step % args.log_every == 0 or i == len(batches) - 1:
             _check_finite(bad_step)
             log_train(writer, model, state, float(window) / window_steps, bar)
             window, window_steps = torch.zeros((), device=device), 0
@@ -357,12 +399,14 @@ def _check_finite(bad_step: torch.Tensor) -> None:
 
 def log_train(writer, model, state, loss: float, bar) -> None:
     bar.set_postfix(loss=f"{loss:.4f}")
-    if writer is None:
-        return
     writer.add_scalar("Loss/train", loss, state.global_step)
-    # scalars() reads parameters with .item(): a GPU sync, so only here at log cadence.
+    log_similarity(writer, model, state.global_step)
+
+
+def log_similarity(writer, model, step: int) -> None:
+    # scalars() reads parameters with .item(): a GPU sync, so only at log cadence.
     for name, value in dist.unwrap(model).similarity.scalars().items():
-        writer.add_scalar(f"Similarity/{name}", value, state.global_step)
+        writer.add_scalar(f"Similarity/{name}", value, step)
 
 
 @torch.no_grad()
@@ -439,7 +483,7 @@ def main(argv=None) -> dict:
     sampler = make_sampler(args, data, split, seed=args.seed + 1 + rank)
     model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
                         data.usernum).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
+    optimizer = build_optimizer(model, args)
     state = RunState()
     restore(args, model, optimizer, sampler, state)
     model = dist.wrap(model, device)
@@ -453,6 +497,8 @@ def main(argv=None) -> dict:
                                seed=args.seed, rank=rank, world_size=world)
         log.info("training: %d sequences, %d steps per epoch, %d parameters",
                  len(split.train), len(batches), sum(p.numel() for p in model.parameters()))
+        if state.global_step == 0:
+            log_similarity(writer, model, 0)  # the curves start at the initial values
         train(model, optimizer, batches, sampler, data, split, args, device, amp_dtype, state, writer)
         return finish(model, data, split, args, device, amp_dtype, state, writer, train=True)
     finally:

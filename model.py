@@ -127,13 +127,15 @@ class FeatureEmbedder(nn.Module):
     """
 
     def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
-                 hidden: int):
+                 hidden: int, sparse: bool = False):
         super().__init__()
         self.schema = schema
-        self.item_emb = nn.Embedding(itemnum + 1, hidden, padding_idx=0)
-        self.user_emb = nn.Embedding(usernum + 1, hidden, padding_idx=0)
+        # sparse=True: id and feature tables get sparse gradients (for torch's SparseAdam), so a
+        # step's update cost follows the rows the batch touched, not the catalogue size.
+        self.item_emb = nn.Embedding(itemnum + 1, hidden, padding_idx=0, sparse=sparse)
+        self.user_emb = nn.Embedding(usernum + 1, hidden, padding_idx=0, sparse=sparse)
         self.sparse_emb = nn.ModuleDict({
-            fid: nn.Embedding(schema["vocab"][fid] + 1, hidden, padding_idx=0)
+            fid: nn.Embedding(schema["vocab"][fid] + 1, hidden, padding_idx=0, sparse=sparse)
             for side in ("user", "item") for kind in ("sparse", "array")
             for fid in schema[f"{side}_{kind}"]})
         self.emb_transform = nn.ModuleDict({fid: nn.Linear(dim, hidden)
@@ -197,10 +199,12 @@ class BaseModel(nn.Module):
     def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
                  hidden_units: int = 32, num_blocks: int = 1, num_heads: int = 1,
                  dropout_rate: float = 0.2, maxlen: int = 101, norm_first: bool = False,
-                 similarity: nn.Module | None = None, attention_impl: str = "sdpa"):
+                 similarity: nn.Module | None = None, attention_impl: str = "sdpa",
+                 sparse_embeddings: bool = False):
         super().__init__()
         self.hidden, self.norm_first = hidden_units, norm_first
-        self.features = FeatureEmbedder(schema, tables, itemnum, usernum, hidden_units)
+        self.features = FeatureEmbedder(schema, tables, itemnum, usernum, hidden_units,
+                                        sparse=sparse_embeddings)
         self.pos_emb = nn.Embedding(2 * maxlen + 1, hidden_units, padding_idx=0)
         self.emb_dropout = Dropout(dropout_rate)
         self.attention_layernorms = nn.ModuleList()
@@ -276,12 +280,18 @@ class BaseModel(nn.Module):
         num_rows = self.features.item_sparse.shape[0]
         if num_rows > ids.numel():
             return self.features.items(ids)
+        if self.features.item_emb.sparse:  # a whole-catalogue pass would densify the gradient
+            return self.features.items(ids)
         table = self.features.items(torch.arange(num_rows, device=ids.device))
         return F.embedding(ids, table)
 
     def predict(self, seq: Tensor, token_type: Tensor) -> Tensor:
         """(B, L) -> (B, D): the representation at the last (newest) slot."""
         return self.log2feats(seq, token_type)[:, -1, :]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters with sparse gradients (empty unless sparse_embeddings)."""
+        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.sparse]
 
     def embed_items(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> (..., D), the vectors the similarity scores queries against."""
