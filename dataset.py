@@ -73,7 +73,7 @@ class SequenceData:
     """All users' token sequences, flat. Line u holds tokens line_offsets[u]:line_offsets[u+1]."""
     tok_id: np.ndarray       # (T,) int32: item reid, or the user reid for a profile token
     tok_type: np.ndarray     # (T,) int8: 1 item, 2 user profile
-    tok_action: np.ndarray   # (T,) int16: action type of the record (null -> 0)
+    tok_action: np.ndarray   # (T,) int32: action type of the record (null -> 0)
     line_offsets: np.ndarray  # (U+1,) int64
     line_user: np.ndarray    # (U,) int32 user reid of each line
     has_profile: np.ndarray  # (U,) bool: the line's first token is its profile
@@ -163,7 +163,10 @@ def _input_files(data_dir: Path) -> list[Path]:
 
 
 def _cache_key(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, mm_emb_ids, on_bad_record]).encode())
+    # The directory itself is part of the key: copies with preserved times (cp -p, rsync -t,
+    # tar) have equal names, sizes and times, and must not share a cache entry.
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, str(data_dir.resolve()), mm_emb_ids,
+                                   on_bad_record]).encode())
     for p in _input_files(data_dir):
         st = p.stat()
         h.update(f"{p.relative_to(data_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -194,12 +197,12 @@ def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> Dataset
     if not isinstance(indexer, dict) or not {"u", "i", "f"} <= indexer.keys():
         raise DataError(f"{data_dir / 'indexer.pkl'}: expected a dict with keys 'u', 'i', 'f'")
     itemnum, usernum = len(indexer["i"]), len(indexer["u"])
-    item_feats = _load_item_feat_dict(data_dir / "item_feat_dict.json", itemnum, bad)
+    item_feats = load_item_feat_dict(data_dir / "item_feat_dict.json", itemnum, bad)
     seqs, user_feats, record_item_feats, stats = _parse_sequences(data_dir, itemnum, usernum, bad)
     for reid, feats in record_item_feats.items():  # items missing from item_feat_dict
         item_feats.setdefault(reid, feats)
-    schema = _schema(data_dir, indexer["f"], user_feats, item_feats)
-    schema.mm_dims = {fid: _mm_dim(find_mm_source(data_dir, fid)) for fid in mm_emb_ids}
+    schema = discover_schema(data_dir, indexer["f"], user_feats, item_feats)
+    schema.mm_dims = {fid: mm_dim(find_mm_source(data_dir, fid)) for fid in mm_emb_ids}
     tables = FeatureTables(
         *fill_feature_tables(item_feats, itemnum, schema, "item", bad, "item_feat_dict.json"),
         *fill_feature_tables(user_feats, usernum, schema, "user", bad, "seq.jsonl (user profile)"),
@@ -226,7 +229,7 @@ def load_pickle_checked(path: Path):
         raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
 
 
-def _load_item_feat_dict(path: Path, itemnum: int, bad: BadRecords) -> dict[int, dict]:
+def load_item_feat_dict(path: Path, itemnum: int, bad: BadRecords) -> dict[int, dict]:
     try:
         raw = json_loads(path.read_bytes())
     except ValueError as e:
@@ -285,7 +288,7 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
     seqs = SequenceData(
         tok_id=np.asarray(tok_id, dtype=np.int32),
         tok_type=np.asarray(tok_type, dtype=np.int8),
-        tok_action=np.asarray(tok_action, dtype=np.int16),
+        tok_action=np.asarray(tok_action, dtype=np.int64).clip(-2**31, 2**31 - 1).astype(np.int32),
         line_offsets=np.concatenate([[0], np.cumsum(line_lens, dtype=np.int64)]).astype(np.int64),
         line_user=np.asarray(line_user, dtype=np.int32),
         has_profile=np.asarray(line_profile, dtype=bool),
@@ -367,7 +370,7 @@ def _valid_id(x, n: int) -> bool:
 
 # --------------------------------------------------------------------------- schema and tables
 
-def _schema(data_dir: Path, indexer_f: dict, user_feats: dict, item_feats: dict) -> FeatureSchema:
+def discover_schema(data_dir: Path, indexer_f: dict, user_feats: dict, item_feats: dict) -> FeatureSchema:
     """Groups from schema.json when a converter wrote one, else from the data itself: a feature
     the indexer maps is sparse (array when any value is a list), any other is continual."""
     path = data_dir / "schema.json"
@@ -387,9 +390,8 @@ def _schema(data_dir: Path, indexer_f: dict, user_feats: dict, item_feats: dict)
                 kind = ("array" if fid in listy else "sparse") if fid in indexer_f else "continual"
                 getattr(schema, f"{side}_{kind}").append(fid)
     for fid in _categorical_fids(schema):
-        if fid not in indexer_f:
-            raise DataError(f"{data_dir / 'indexer.pkl'}: 'f' has no vocabulary for feature {fid}")
-        schema.vocab[fid] = len(indexer_f[fid])
+        # A declared feature that never occurs has no vocabulary: only its padding row.
+        schema.vocab[fid] = len(indexer_f.get(fid, ()))
     return schema
 
 
@@ -463,7 +465,7 @@ def find_mm_source(data_dir: Path, fid: str) -> Path | None:
     return None
 
 
-def _mm_dim(path: Path) -> int:
+def mm_dim(path: Path) -> int:
     return int(_MM_NAME.match(path.name)["dim"])
 
 

@@ -70,17 +70,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     """
     if impl == "sdpa" or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    b, h, n, d = q.shape
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
-    scores = torch.baddbmm(bias.expand(b, h, n, n).reshape(b * h, n, n), q.reshape(b * h, n, d),
-                           k.reshape(b * h, n, d).transpose(1, 2), alpha=d ** -0.5)
+    scores = torch.baddbmm(bias.expand(b, h, nq, nk).reshape(b * h, nq, nk),
+                           q.reshape(b * h, nq, d), k.reshape(b * h, nk, d).transpose(1, 2),
+                           alpha=d ** -0.5)
     weights = scores.softmax(-1)
     if dropout_p > 0.0:
         weights = weights * fast_keep_mask(weights.shape, dropout_p, weights.device)
-    out = torch.bmm(weights, v.reshape(b * h, n, d))
+    out = torch.bmm(weights, v.reshape(b * h, nk, d))
     if dropout_p > 0.0:
         out = out * (1.0 / (1.0 - dropout_p))
-    return out.view(b, h, n, d)
+    return out.view(b, h, nq, d)
 
 
 class MultiHeadAttention(nn.Module):
@@ -94,13 +96,16 @@ class MultiHeadAttention(nn.Module):
         self.v_linear = nn.Linear(hidden, hidden)
         self.out_linear = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x (B, L, D), mask (B, 1, L, L) -> (B, L, D)."""
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """x (B, L, D), mask (B, 1, L, L) -> (B, L, D); with last_only, only the newest slot's
+        output (B, 1, D): its query attends to every key, the other queries are not computed."""
         b, n, d = x.shape
-        split = lambda t: t.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
-        out = attention(split(self.q_linear(x)), split(self.k_linear(x)), split(self.v_linear(x)),
-                        mask, self.dropout_rate if self.training else 0.0, self.impl)
-        return self.out_linear(out.transpose(1, 2).reshape(b, n, d))
+        split = lambda t: t.view(b, t.shape[1], self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
+        queries = x[:, -1:] if last_only else x
+        out = attention(split(self.q_linear(queries)), split(self.k_linear(x)),
+                        split(self.v_linear(x)), mask[:, :, -1:] if last_only else mask,
+                        self.dropout_rate if self.training else 0.0, self.impl)
+        return self.out_linear(out.transpose(1, 2).reshape(b, queries.shape[1], d))
 
 
 class PointWiseFeedForward(nn.Module):
@@ -236,23 +241,28 @@ class BaseModel(nn.Module):
     def item_emb(self) -> nn.Embedding:
         return self.features.item_emb
 
-    def log2feats(self, seq: Tensor, token_type: Tensor, item_part: Tensor | None = None
-                  ) -> Tensor:
-        """seq, token_type (B, L) int -> (B, L, D) sequence representation at every slot."""
+    def log2feats(self, seq: Tensor, token_type: Tensor, item_part: Tensor | None = None,
+                  last_only: bool = False) -> Tensor:
+        """seq, token_type (B, L) int -> (B, L, D) sequence representation at every slot, or
+        with last_only (B, 1, D) at the newest slot alone (the last block then computes only
+        that slot: the same numbers for it at about half the cost)."""
         x = self.features.tokens(seq, token_type, item_part) * (self.hidden ** 0.5)
         nonpad = seq != 0
         positions = torch.arange(1, seq.shape[1] + 1, device=seq.device) * nonpad
         x = self.emb_dropout(x + self.pos_emb(positions))
         mask = self._attention_mask(nonpad)
-        for attn_ln, attn, ffn_ln, ffn in zip(self.attention_layernorms, self.attention_layers,
-                                              self.forward_layernorms, self.forward_layers):
+        blocks = list(zip(self.attention_layernorms, self.attention_layers,
+                          self.forward_layernorms, self.forward_layers))
+        for i, (attn_ln, attn, ffn_ln, ffn) in enumerate(blocks):
+            last = last_only and i == len(blocks) - 1
+            residual = x[:, -1:] if last else x
             if self.norm_first:
-                x = x + attn(attn_ln(x), mask)
+                x = residual + attn(attn_ln(x), mask, last)
                 x = x + ffn(ffn_ln(x))
             else:
-                x = attn_ln(x + attn(x, mask))
+                x = attn_ln(residual + attn(x, mask, last))
                 x = ffn_ln(x + ffn(x))
-        return self.last_layernorm(x)
+        return self.last_layernorm(x[:, -1:] if last_only else x)
 
     @staticmethod
     def _attention_mask(nonpad: Tensor) -> Tensor:
@@ -287,7 +297,8 @@ class BaseModel(nn.Module):
 
     def predict(self, seq: Tensor, token_type: Tensor) -> Tensor:
         """(B, L) -> (B, D): the representation at the last (newest) slot."""
-        return self.log2feats(seq, token_type)[:, -1, :]
+        item_part = self._item_lookup(seq * (token_type == TOKEN_ITEM))
+        return self.log2feats(seq, token_type, item_part, last_only=True)[:, -1, :]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters with sparse gradients (empty unless sparse_embeddings)."""

@@ -1,0 +1,303 @@
+"""Recommend the top-k candidates for every user of a competition inference directory.
+
+    python infer.py --eval_data_dir DIR --state_dict_path CKPT --output FILE.json
+
+Reads top to bottom: flags -> checkpoint -> inference data (inference_data.py) -> model ->
+candidate vectors -> query vectors -> top-k (exact or faiss) -> outputs.
+
+Outputs:
+- FILE.json: {"users": [raw user ids, one per predict_seq line], "top10s": [[creative ids]]};
+- in the same folder, the baseline's binary files for the platform's inner-product ANN tool:
+  `embedding.fbin` (candidate vectors), `id.u64bin` (their retrieval ids), `query.fbin` (query
+  vectors), each a header of uint32 N, uint32 D, then N rows (float32; uint64 with D = 1), plus
+  `retrieve_id2creative_id.json` to map the tool's retrieval ids back to creative ids.
+  The vectors written are the similarity's exact inner-product reduction
+  (`similarity.item_vectors`, `similarity.query_vectors`): the raw model vectors for the dot
+  product, and for the adaptive similarity the vectors whose inner product IS the model's score,
+  so an inner-product ANN over these files ranks as the model does.
+Every output is written to a temporary sibling and renamed, never half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+import checkpoint as ckpt
+from batching import Ranges, query_arrays
+from dataset import BAD_RECORD_POLICIES, DataError, FeatureSchema
+from inference_data import InferenceData, load_inference_dir
+from main import AMP_DTYPES, autocast, build_model, feature_tensors, resolve_device, to_device
+from main import build_parser as training_parser
+from model import BaseModel
+
+log = logging.getLogger("infer")
+
+# The platform's environment variables, mapped to flag defaults here and nowhere else.
+ENV_DEFAULTS = {"eval_data_dir": "EVAL_DATA_PATH", "result_dir": "EVAL_RESULT_PATH"}
+ANN_METHODS = ("exact", "faiss")
+RESULT_NAME = "top10.json"
+SCORE_BUDGET = 2 ** 24  # scores held at once per exact top-k step (64 MB in fp32)
+
+
+class InferenceError(Exception):
+    """A setup problem the user must fix (e.g. --ann faiss without faiss installed)."""
+
+
+# --------------------------------------------------------------------------- flags
+
+def build_parser() -> argparse.ArgumentParser:
+    result_dir = os.environ.get(ENV_DEFAULTS["result_dir"])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--eval_data_dir", default=os.environ.get(ENV_DEFAULTS["eval_data_dir"]),
+                   help="inference directory: indexer.pkl, item_feat_dict.json, creative_emb/, "
+                        "predict_seq.jsonl, predict_seq_offsets.pkl, predict_set.jsonl "
+                        "(env EVAL_DATA_PATH)")
+    p.add_argument("--state_dict_path", required=True,
+                   help="checkpoint folder (epochNNN_stepNNNNNNNNN/) or its model.pt")
+    p.add_argument("--output", default=str(Path(result_dir) / RESULT_NAME) if result_dir else None,
+                   help="result JSON; the .fbin/.u64bin files go to the same folder "
+                        f"(env EVAL_RESULT_PATH: <EVAL_RESULT_PATH>/{RESULT_NAME})")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--batch_size", type=int, default=512,
+                   help="users per forward pass and per scoring step")
+    p.add_argument("--topk", type=int, default=10, help="items recommended per user")
+    p.add_argument("--ann", choices=ANN_METHODS, default="exact",
+                   help="exact: score every candidate with the model's similarity; faiss: an "
+                        "exact inner-product faiss index over the reduced vectors (same ranking; "
+                        "needs faiss)")
+    p.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
+                   help="bf16 autocast for the model's forward passes; scoring stays fp32")
+    p.add_argument("--on_bad_record", choices=BAD_RECORD_POLICIES, default="error",
+                   help="a malformed record stops the run (error) or is skipped and counted "
+                        "(skip); cold ids and unseen feature values are never errors")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.eval_data_dir:
+        parser.error("--eval_data_dir is required (or set EVAL_DATA_PATH)")
+    if not args.output:
+        parser.error("--output is required (or set EVAL_RESULT_PATH)")
+    if args.topk < 1 or args.batch_size < 1:
+        parser.error("--topk and --batch_size must be positive")
+    return args
+
+
+# --------------------------------------------------------------------------- model
+
+def training_args(config: dict) -> argparse.Namespace:
+    """The checkpoint's training flags over main.py's defaults (flags added since still parse)."""
+    args = training_parser().parse_args([])
+    vars(args).update(config.get("args", {}))
+    return args
+
+
+def load_trained(path: str) -> tuple[argparse.Namespace, dict, dict]:
+    """-> (training args, stored data description {schema, itemnum, usernum} or {}, weights)."""
+    saved = ckpt.load_checkpoint(path)
+    config = saved.get("config") if isinstance(saved, dict) else None
+    if not isinstance(config, dict) or "args" not in config or "model" not in saved:
+        raise ckpt.CheckpointError(f"{path}: not a training checkpoint of main.py (no model "
+                                   "weights or config args)")
+    return training_args(config), config.get("data") or {}, saved["model"]
+
+
+def load_model(train_args, data: InferenceData, weights: dict, device) -> BaseModel:
+    """The trained model over the inference tables; strict load (the tables are non-persistent
+    buffers, so they are not part of the weights)."""
+    tables = {**feature_tensors(data),
+              **{k: torch.from_numpy(v) for k, v in data.emb_id_tables().items()}}
+    model = build_model(train_args, data.schema.to_dict(), tables, data.itemnum, data.usernum)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"weights do not fit the model rebuilt from the checkpoint's "
+                                   f"flags and schema: {_first_line(e)}") from None
+    return model.to(device).eval()
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2])[:300]
+
+
+# --------------------------------------------------------------------------- vectors
+
+@torch.no_grad()
+def candidate_vectors(model: BaseModel, rows: np.ndarray, device, amp_dtype,
+                      chunk: int = 65536) -> Tensor:
+    """Item rows (N,) -> (N, D) float32 item vectors (model.embed_items)."""
+    ids = torch.from_numpy(np.asarray(rows, np.int64))
+    out = []
+    for b in tqdm(range(0, len(ids), chunk), desc="candidate vectors", disable=None, leave=False):
+        with autocast(device, amp_dtype):
+            out.append(model.embed_items(ids[b:b + chunk].to(device)).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def user_queries(model: BaseModel, data: InferenceData, maxlen: int, device, amp_dtype,
+                 batch_size: int) -> Tensor:
+    """(U, D) float32 query of every line: model.predict on its newest maxlen + 1 tokens
+    (profile pinned first when longer, newest item in the last slot; nothing dropped)."""
+    off = np.asarray(data.seqs.line_offsets, np.int64)
+    n = data.seqs.num_lines
+    out = []
+    for b in tqdm(range(0, n, batch_size), desc="queries", disable=None, leave=False):
+        lines = np.arange(b, min(b + batch_size, n))
+        arrays = query_arrays(data.seqs, Ranges(lines, off[lines], off[lines + 1]), maxlen)
+        batch = to_device(arrays, device)
+        with autocast(device, amp_dtype):
+            out.append(model.predict(batch["seq"], batch["token_type"]).float())
+    return torch.cat(out) if out else torch.zeros(0, model.hidden, device=device)
+
+
+# --------------------------------------------------------------------------- top-k
+
+@torch.no_grad()
+def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: int) -> Tensor:
+    """queries (U, D), items (N, D) -> (U, min(k, N)) int64 item indices, best first.
+
+    Candidates are scored in chunks with a running top-k merge, so memory stays bounded by
+    SCORE_BUDGET whatever N."""
+    k = min(k, len(items))
+    chunk = max(k, SCORE_BUDGET // max(1, min(batch_size, len(queries))))
+    out = []
+    for b in tqdm(range(0, len(queries), batch_size), desc="top-k", disable=None, leave=False):
+        q = queries[b:b + batch_size]
+        best_s = best_i = None
+        for c in range(0, len(items), chunk):
+            s = similarity.score_all(q, items[c:c + chunk])
+            s, i = s.topk(min(k, s.shape[1]), dim=1)
+            i = i + c
+            if best_s is not None:
+                s, pick = torch.cat([best_s, s], 1).topk(k, dim=1)
+                i = torch.cat([best_i, i], 1).gather(1, pick)
+            best_s, best_i = s, i
+        out.append(best_i.cpu())
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+def topk_faiss(q_reduced: Tensor, v_reduced: Tensor, k: int, batch_size: int) -> Tensor:
+    """Exact inner-product search (faiss IndexFlatIP) over the reduced vectors -> (U, k)."""
+    faiss = _import_faiss()
+    k = min(k, len(v_reduced))
+    index = faiss.IndexFlatIP(v_reduced.shape[1])
+    index.add(np.ascontiguousarray(v_reduced.cpu().numpy(), np.float32))
+    q = np.ascontiguousarray(q_reduced.cpu().numpy(), np.float32)
+    step = max(batch_size, 4096)  # faiss batches well internally; the step is for the bar
+    out = [index.search(q[b:b + step], k)[1]
+           for b in tqdm(range(0, len(q), step), desc="faiss search", disable=None, leave=False)]
+    return torch.from_numpy(np.concatenate(out) if out else np.zeros((0, k), np.int64))
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise InferenceError("--ann faiss needs the faiss package (pip install faiss-cpu, or "
+                             "faiss-gpu); or use --ann exact, which ranks the same") from None
+    return faiss
+
+
+# --------------------------------------------------------------------------- outputs
+
+def write_vectors(path: Path, rows: np.ndarray, dtype) -> None:
+    """The baseline's .fbin/.u64bin: uint32 N, uint32 D, then N rows of D values."""
+    rows = np.ascontiguousarray(rows, dtype=dtype)
+    if rows.ndim == 1:
+        rows = rows.reshape(-1, 1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.asarray(rows.shape, dtype="<u4").tofile(f)
+        rows.astype(rows.dtype.newbyteorder("<"), copy=False).tofile(f)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, default=_plain))
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    """numpy scalars (raw ids in a numpy-built indexer) -> Python scalars for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def write_outputs(output: Path, data: InferenceData, top: Tensor, q_reduced: Tensor,
+                  v_reduced: Tensor) -> dict:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    folder = output.parent
+    write_vectors(folder / "embedding.fbin", v_reduced.cpu().numpy(), np.float32)
+    write_vectors(folder / "id.u64bin", data.cand_retrieval_ids, np.uint64)
+    write_vectors(folder / "query.fbin", q_reduced.cpu().numpy(), np.float32)
+    write_json(folder / "retrieve_id2creative_id.json",
+               {str(r): int(c) for r, c in zip(data.cand_retrieval_ids.tolist(),
+                                               data.cand_creative_ids.tolist())})
+    result = {"users": list(data.users),
+              "top10s": data.cand_creative_ids[top.numpy()].tolist()}
+    write_json(output, result)  # last: its presence means every output is complete
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict:
+    """Run inference; returns {"users", "top10s"} as written to --output."""
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.ann == "faiss":
+        _import_faiss()  # fail before the slow parts
+    device = resolve_device(args.device, 0)
+    amp_dtype = AMP_DTYPES[args.amp]
+    train_args, stored, weights = load_trained(args.state_dict_path)
+    schema = FeatureSchema.from_dict(stored["schema"]) if "schema" in stored else None
+    data = load_inference_dir(args.eval_data_dir, schema, stored.get("itemnum"),
+                              stored.get("usernum"), train_args.mm_emb_id, args.on_bad_record)
+    model = load_model(train_args, data, weights, device)
+    items = candidate_vectors(model, data.cand_rows, device, amp_dtype)
+    queries = user_queries(model, data, train_args.maxlen, device, amp_dtype, args.batch_size)
+    with torch.no_grad():
+        v_reduced = model.similarity.item_vectors(items).float()
+        q_reduced = model.similarity.query_vectors(queries).float()
+    if args.ann == "faiss":
+        top = topk_faiss(q_reduced, v_reduced, args.topk, args.batch_size)
+    else:
+        top = topk_exact(model.similarity, queries, items, args.topk, args.batch_size)
+    result = write_outputs(Path(args.output), data, top, q_reduced, v_reduced)
+    log.info("wrote top-%d of %d candidates for %d users to %s", top.shape[1], len(items),
+             len(result["users"]), args.output)
+    return result
+
+
+def cli(argv=None) -> int:
+    try:
+        main(argv)
+        return 0
+    except (DataError, ckpt.CheckpointError, InferenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an output folder that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
