@@ -170,7 +170,8 @@ def run_dir(out: Path, config: str, seed: int) -> Path:
 
 
 def plan_runs(out: Path, configs: list[str], seeds: int) -> list[Run]:
-    return [Run(c, s, run_dir(out, c, s)) for c in configs for s in range(seeds)]
+    """Seed-major order: a study cut short still has every configuration at its first seeds."""
+    return [Run(c, s, run_dir(out, c, s)) for s in range(seeds) for c in configs]
 
 
 def load_study(out: Path) -> dict | None:

@@ -11,7 +11,8 @@ Generative process (all from one seed):
 
 Features (ids as strings, groups as in the V1 layout):
   item_sparse "100" topic, "101" brand (mostly of the item's topic);
-  item_array "102" 2-3 tags from the topic's pool; item_continual "103" price (topic-dependent);
+  item_array "102" 2-3 tags from the topic's pool; item_continual "103" log price (topic-dependent;
+  continual values enter itemdnn raw, as in the baseline, so they are kept near unit scale);
   user_sparse "104" favourite topic, "105" age bucket; user_array "106" interests (preferred
   topics, sometimes one more); user_continual "107" click propensity;
   multimodal "81": 32-d float32 = topic centroid + noise, missing for ~10% of items.
@@ -167,8 +168,8 @@ def _make_world(num_items: int, seed: int) -> _World:
         row[:n].tolist() + ([g] if g >= 0 and g not in row[:n] else [])
         for row, n, g in zip(tag_pick, n_tags, global_tag)
     ]
-    price_mu = rng.normal(3.0, 0.8, NUM_TOPICS)
-    price = np.round(np.exp(rng.normal(price_mu[topic], 0.4)), 2)
+    price_mu = rng.normal(0.0, 0.8, NUM_TOPICS)
+    price = np.round(rng.normal(price_mu[topic], 0.4), 3)  # a log price: near unit scale
     price[rng.random(num_items) < 0.03] = np.nan
     popularity = 1.0 / (1.0 + rng.permutation(num_items)) ** 1.0  # Zipf over a random ranking
     successor = np.empty(num_items, dtype=np.int64)
@@ -219,7 +220,7 @@ def _make_cold_items(world: _World, seed: int, count: int) -> dict[str, Any]:
             "100": t,
             "101": brand,
             "102": tags,
-            "103": round(float(np.exp(rng.normal(3.0, 0.5))), 2),
+            "103": round(float(rng.normal(0.0, 0.5)), 3),  # a log price, kept near unit scale
         }
         by_topic.setdefault(t, []).append(cid)
     return {"features": features, "by_topic": by_topic}

@@ -403,6 +403,17 @@ def log_train(writer, model, state, loss: float, bar) -> None:
     log_similarity(writer, model, state.global_step)
 
 
+def log_start(model, data, split, args, device, amp_dtype, writer) -> None:
+    """The untrained model's validation loss and similarity scalars at step 0, so every curve
+    starts where training starts."""
+    log_similarity(writer, model, 0)
+    fixed = make_sampler(args, data, split, seed=10_000 + args.seed)
+    loss = validation_loss(dist.unwrap(model), data.seqs, validation_ranges(split), args, device,
+                           amp_dtype, fixed)
+    writer.add_scalar("Loss/valid", loss, 0)
+    log.info("before training: valid loss %.4f", loss)
+
+
 def log_similarity(writer, model, step: int) -> None:
     # scalars() reads parameters with .item(): a GPU sync, so only at log cadence.
     for name, value in dist.unwrap(model).similarity.scalars().items():
@@ -423,15 +434,20 @@ def validation_loss(model, seqs, ranges, args, device, amp_dtype, sampler) -> fl
     return float(total) / max(n, 1)
 
 
+def validation_ranges(split):
+    """Held-out users' sequences (random_user), or each user's input up to and including the
+    validation target (leave_one_out)."""
+    if not isinstance(split.valid, Queries):
+        return split.valid
+    r = split.valid.inputs
+    return type(r)(r.lines, r.start, r.end + 1)
+
+
 def validate(model, data, split, args, device, amp_dtype, state, writer) -> dict | None:
     """Loss/valid every epoch; ranking metrics (leave_one_out) every --eval_every epochs."""
-    valid_ranges = split.valid.inputs if isinstance(split.valid, Queries) else split.valid
-    if isinstance(split.valid, Queries):  # loss on the validation targets themselves
-        valid_ranges = type(valid_ranges)(valid_ranges.lines, valid_ranges.start,
-                                          valid_ranges.end + 1)
     fixed = make_sampler(args, data, split, seed=10_000 + args.seed)
-    state.valid_loss = validation_loss(model, data.seqs, valid_ranges, args, device, amp_dtype,
-                                       fixed)
+    state.valid_loss = validation_loss(model, data.seqs, validation_ranges(split), args, device,
+                                       amp_dtype, fixed)
     writer.add_scalar("Loss/valid", state.valid_loss, state.global_step)
     if not isinstance(split.valid, Queries) or state.epoch % args.eval_every:
         log.info("epoch %d: valid loss %.4f", state.epoch, state.valid_loss)
@@ -497,8 +513,8 @@ def main(argv=None) -> dict:
                                seed=args.seed, rank=rank, world_size=world)
         log.info("training: %d sequences, %d steps per epoch, %d parameters",
                  len(split.train), len(batches), sum(p.numel() for p in model.parameters()))
-        if state.global_step == 0:
-            log_similarity(writer, model, 0)  # the curves start at the initial values
+        if state.global_step == 0 and dist.is_main():
+            log_start(model, data, split, args, device, amp_dtype, writer)
         train(model, optimizer, batches, sampler, data, split, args, device, amp_dtype, state, writer)
         return finish(model, data, split, args, device, amp_dtype, state, writer, train=True)
     finally:
