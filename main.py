@@ -371,6 +371,7 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     model.train()
     window, window_steps = torch.zeros((), device=device), 0
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    step_on_device = torch.full((), state.global_step, dtype=torch.long, device=device)
     bar = tqdm(batches.epoch(state.epoch), total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
     for i, batch in enumerate(bar):
@@ -379,9 +380,11 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
         loss.backward()
         optimizer.step()
         state.global_step += 1
-        # Remember the first non-finite step on the device; checked at log cadence (no sync).
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
-                               torch.tensor(state.global_step, device=device), bad_step)
+        # Remember the first non-finite step on the device; checked at log cadence (no sync,
+        # and no host-to-device copy of the step number either).
+        step_on_device += 1
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step_on_device,
+                               bad_step)
         window, window_steps = window + loss.detach(), window_steps + 1
         if state.global_step % args.log_every == 0 or i == len(batches) - 1:
             _check_finite(bad_step)
