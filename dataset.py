@@ -194,21 +194,22 @@ class BadRecords:
 def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> Dataset:
     bad = BadRecords(on_bad_record)
     indexer = load_pickle_checked(data_dir / "indexer.pkl")
-    if not isinstance(indexer, dict) or not {"u", "i", "f"} <= indexer.keys():
-        raise DataError(f"{data_dir / 'indexer.pkl'}: expected a dict with keys 'u', 'i', 'f'")
+    check_indexer(indexer, data_dir / "indexer.pkl")
     itemnum, usernum = len(indexer["i"]), len(indexer["u"])
     item_feats = load_item_feat_dict(data_dir / "item_feat_dict.json", itemnum, bad)
-    seqs, user_feats, record_item_feats, stats = _parse_sequences(data_dir, itemnum, usernum, bad)
-    for reid, feats in record_item_feats.items():  # items missing from item_feat_dict
+    lines = _parse_sequences(data_dir, itemnum, usernum, bad)
+    for reid, feats in lines.record_item_feats.items():  # items missing from item_feat_dict
         item_feats.setdefault(reid, feats)
-    schema = discover_schema(data_dir, indexer["f"], user_feats, item_feats)
+    schema = discover_schema(data_dir, indexer["f"], lines.user_feats, item_feats)
     schema.mm_dims = {fid: mm_dim(find_mm_source(data_dir, fid)) for fid in mm_emb_ids}
     tables = FeatureTables(
-        *fill_feature_tables(item_feats, itemnum, schema, "item", bad, "item_feat_dict.json"),
-        *fill_feature_tables(user_feats, usernum, schema, "user", bad, "seq.jsonl (user profile)"),
+        *fill_feature_tables(item_feats, itemnum, schema, "item", bad,
+                             str(data_dir / "item_feat_dict.json")),
+        *fill_feature_tables(lines.user_feats, usernum, schema, "user", bad, lines.profile_where),
         mm={fid: load_mm_table(data_dir, fid, schema.mm_dims[fid], indexer["i"], itemnum)
             for fid in mm_emb_ids},
     )
+    seqs, stats = lines.seqs, {"lines_without_items": lines.lines_without_items}
     item_valid = np.zeros(itemnum + 1, dtype=bool)
     item_valid[list(item_feats)] = True
     stats["bad_records_skipped"] = bad.count
@@ -218,6 +219,18 @@ def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> Dataset
              "%d bad records skipped", data_dir, seqs.num_lines, itemnum, len(seqs.tok_id),
              stats["lines_without_items"], bad.count)
     return Dataset(schema, seqs, tables, itemnum, usernum, item_valid, stats)
+
+
+def check_indexer(indexer, path: Path) -> None:
+    if not isinstance(indexer, dict) or not {"u", "i", "f"} <= indexer.keys():
+        raise DataError(f"{path}: expected a dict with keys 'u', 'i', 'f'")
+    for key in ("u", "i", "f"):
+        if not isinstance(indexer[key], dict):
+            raise DataError(f"{path}: key {key!r}: expected a dict, got {type(indexer[key]).__name__}")
+    for fid, values in indexer["f"].items():
+        if not isinstance(values, dict):
+            raise DataError(f"{path}: key 'f'[{fid!r}]: expected a dict of raw value -> id, "
+                            f"got {type(values).__name__}")
 
 
 def load_pickle_checked(path: Path):
@@ -238,7 +251,7 @@ def load_item_feat_dict(path: Path, itemnum: int, bad: BadRecords) -> dict[int, 
         raise DataError(f"{path}: expected a JSON object of item reid -> features")
     feats = {}
     for key, value in raw.items():
-        reid = int(key) if key.isdigit() else -1
+        reid = int(key) if key.isascii() and key.isdecimal() else -1
         if not 1 <= reid <= itemnum:
             bad(f"{path}: key {key!r} is not an item reid in 1..{itemnum} (indexer.pkl 'i')")
         elif not isinstance(value, dict):
@@ -248,14 +261,21 @@ def load_item_feat_dict(path: Path, itemnum: int, bad: BadRecords) -> dict[int, 
     return feats
 
 
-def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords):
+@dataclass
+class _ParsedLines:
+    seqs: SequenceData
+    user_feats: dict[int, dict]        # user reid -> profile features
+    profile_where: dict[int, str]      # user reid -> "seq.jsonl:line" of its profile, for errors
+    record_item_feats: dict[int, dict]  # item reid -> features of its first record
+    lines_without_items: int
+
+
+def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords) -> _ParsedLines:
     path = data_dir / "seq.jsonl"
     keep_empty_items = _declares_no_item_features(data_dir)
-    offsets = load_pickle_checked(data_dir / "seq_offsets.pkl")
-    if not isinstance(offsets, list | tuple | np.ndarray):
-        raise DataError(f"{data_dir / 'seq_offsets.pkl'}: expected a list of byte offsets")
+    offsets = _checked_offsets(data_dir / "seq_offsets.pkl")
     tok_id, tok_type, tok_action, line_lens, line_user, line_profile = [], [], [], [], [], []
-    user_feats, record_item_feats, empty = {}, {}, 0
+    user_feats, record_item_feats, profile_where, empty = {}, {}, {}, 0
     position, lineno = 0, 0
     with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
                                      desc="parse seq.jsonl", disable=None, leave=False) as bar:
@@ -272,6 +292,7 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
                 continue
             if profile is not None:
                 user_feats[user] = profile
+                profile_where[user] = f"{path}:{lineno}"
             for reid, feats, _ in items:
                 record_item_feats.setdefault(reid, feats)
             has = profile is not None
@@ -288,12 +309,26 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
     seqs = SequenceData(
         tok_id=np.asarray(tok_id, dtype=np.int32),
         tok_type=np.asarray(tok_type, dtype=np.int8),
-        tok_action=np.asarray(tok_action, dtype=np.int64).clip(-2**31, 2**31 - 1).astype(np.int32),
+        tok_action=np.asarray(tok_action, dtype=np.int32),
         line_offsets=np.concatenate([[0], np.cumsum(line_lens, dtype=np.int64)]).astype(np.int64),
         line_user=np.asarray(line_user, dtype=np.int32),
         has_profile=np.asarray(line_profile, dtype=bool),
     )
-    return seqs, user_feats, record_item_feats, {"lines_without_items": empty}
+    return _ParsedLines(seqs, user_feats, profile_where, record_item_feats, empty)
+
+
+def _checked_offsets(path: Path) -> np.ndarray:
+    """seq_offsets.pkl as a 1-D int64 array, or DataError."""
+    raw = load_pickle_checked(path)
+    if not isinstance(raw, list | tuple | np.ndarray):
+        raise DataError(f"{path}: expected a list of byte offsets, got {type(raw).__name__}")
+    if not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in
+               (raw.ravel().tolist() if isinstance(raw, np.ndarray) else raw)):
+        raise DataError(f"{path}: expected a flat list of integer byte offsets")
+    try:
+        return np.asarray(raw, dtype=np.int64).reshape(-1)
+    except OverflowError:
+        raise DataError(f"{path}: an offset is out of range") from None
 
 
 def _declares_no_item_features(data_dir: Path) -> bool:
@@ -344,6 +379,8 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
         if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
             bad(f"{where}: record {n}: action_type must be an integer or null, got {action!r}")
             continue
+        if action is not None:  # unknown types are their own class; extreme ones saturate
+            action = min(max(action, -2**31), 2**31 - 1)
         if u and not user:
             user = u
         # As the baseline: a profile needs a user id and features, an item an id and features
@@ -404,8 +441,11 @@ def _categorical_fids(schema: FeatureSchema) -> list[str]:
 
 
 def fill_feature_tables(feats: dict[int, dict], n: int, schema: FeatureSchema, side: str,
-                 bad: BadRecords, source: str):
-    """-> (sparse (n+1, S) int32, array (n+1, A_n, W) int32, continual (n+1, C) float32)."""
+                        bad: BadRecords, source: str | dict[int, str]):
+    """-> (sparse (n+1, S) int32, array (n+1, A_n, W) int32, continual (n+1, C) float32).
+
+    source names where the features came from, for errors: a file, or per id a "file:line".
+    """
     sparse_ids, array_ids, cont_ids = (getattr(schema, f"{side}_{k}")
                                        for k in ("sparse", "array", "continual"))
     width = max([1] + [len(v) for f in feats.values() for k, v in f.items()
@@ -419,7 +459,8 @@ def fill_feature_tables(feats: dict[int, dict], n: int, schema: FeatureSchema, s
     for reid, f in tqdm(feats.items(), desc=f"{side} features", disable=None, leave=False):
         for fid, value in f.items():
             kind, j = cols.get(fid, (None, 0))
-            where = f"{source}: {side} {reid}, feature {fid}"
+            origin = source.get(reid, "?") if isinstance(source, dict) else source
+            where = f"{origin}: {side} {reid}, feature {fid}"
             if kind == "s":
                 sparse[reid, j] = _checked_id(value, schema.vocab[fid], where, bad)
             elif kind == "a":
@@ -477,7 +518,10 @@ def load_mm_table(data_dir: Path, fid: str, dim: int, item_indexer: dict, itemnu
         reid = reid_of(cid)
         if reid is None or not 1 <= reid <= itemnum:
             continue  # vectors of creatives outside the indexer are unused
-        arr = np.asarray(vec, dtype=np.float32)
+        try:
+            arr = np.asarray(vec, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise DataError(f"{where}: creative {cid!r}: expected a vector of {dim} numbers") from None
         if arr.shape != (dim,):
             raise DataError(f"{where}: creative {cid}: expected a vector of dimension {dim}, "
                             f"got shape {arr.shape}")
@@ -488,11 +532,14 @@ def load_mm_table(data_dir: Path, fid: str, dim: int, item_indexer: dict, itemnu
 def _raw_id_lookup(item_indexer: dict):
     """Raw creative ids are ints in some files and strings in others: accept both spellings."""
     def reid_of(cid):
+        if isinstance(cid, bool) or not isinstance(cid, int | str) or len(str(cid)) > 40:
+            return None  # not an id at all: unknown
         r = item_indexer.get(cid)
-        if r is None:
-            r = item_indexer.get(str(cid) if not isinstance(cid, str) else
-                                 (int(cid) if cid.isdigit() else None))
-        return r
+        if r is None and isinstance(cid, int):
+            r = item_indexer.get(str(cid))
+        elif r is None and cid.isascii() and cid.isdecimal():
+            r = item_indexer.get(int(cid))
+        return r if isinstance(r, int) else None
     return reid_of
 
 
@@ -549,10 +596,13 @@ def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
                 "itemnum": dataset.itemnum, "usernum": dataset.usernum, "stats": dataset.stats}
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
         os.replace(tmp, path)
-    except OSError:
+    except OSError as e:  # disk full, or a concurrent writer won the rename: the parse stands
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (path / "meta.json").exists():  # a concurrent writer may have won the rename
-            raise
+        if not (path / "meta.json").exists():
+            log.warning("could not write the parse cache %s (%s); continuing without it", path, e)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _read_cache(path: Path) -> Dataset:

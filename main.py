@@ -359,8 +359,13 @@ def restore(args, model, optimizer, sampler, state: RunState) -> None:
         raise ckpt.CheckpointError(f"{path}: weights do not fit this model: "
                                    f"{str(e).splitlines()[0]} ...") from None
     if not args.inference_only:
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(json.loads(saved["sampler"]))
+        try:
+            optimizer.load_state_dict(saved["optimizer"])
+            sampler.load_state_dict(json.loads(saved["sampler"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ckpt.CheckpointError(
+                f"{path}: its optimizer or sampler state does not fit this run ({type(e).__name__}: "
+                f"{e}); was it made with another --sparse_embeddings setting?") from None
         state.load(saved["config"]["run_state"])
     log.info("restored %s (epoch %d, step %d)", path, state.epoch, state.global_step)
 
@@ -481,8 +486,9 @@ def track_best(state, metrics, path, patience: int) -> bool:
     if metrics is None:
         return False
     if metrics["NDCG@10"] > state.best_ndcg:
+        # by folder name: a run folder that moved before a resume still finds its best
         state.best_ndcg, state.best_epoch, state.best_path, state.stale = \
-            metrics["NDCG@10"], state.epoch, str(path), 0
+            metrics["NDCG@10"], state.epoch, path.name, 0
     else:
         state.stale += 1
     return 0 < patience <= state.stale
@@ -566,11 +572,13 @@ def finish(model, data, split, args, device, amp_dtype, state, writer, train: bo
     if not dist.is_main() or split.test is None:
         return result
     if train and state.best_path:
-        dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(state.best_path)["model"])
+        best = Path(args.ckpt_dir) / Path(state.best_path).name
+        dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best)["model"])
     results = {"valid": run_evaluation(model, data, split.valid, args, device, amp_dtype),
                "test": run_evaluation(model, data, split.test, args, device, amp_dtype)}
     print(format_table(results))
-    out = {**results, "best_epoch": state.best_epoch, "best_checkpoint": state.best_path,
+    out = {**results, "best_epoch": state.best_epoch,
+           "best_checkpoint": str(Path(args.ckpt_dir) / state.best_path) if state.best_path else None,
            "history": state.history}
     _write_json_atomically(Path(args.log_dir) / "metrics.json", out)
     return {**result, **out}

@@ -6,6 +6,7 @@ numbers, strings and numpy arrays, and refuses everything else by name.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 from pathlib import Path
@@ -16,7 +17,9 @@ from pathlib import Path
 _ALLOWED = {
     ("builtins", "dict"), ("builtins", "list"), ("builtins", "set"), ("builtins", "frozenset"),
     ("builtins", "tuple"), ("builtins", "int"), ("builtins", "float"), ("builtins", "str"),
-    ("builtins", "bytes"), ("builtins", "bool"), ("builtins", "complex"), ("builtins", "bytearray"),
+    ("builtins", "bytes"), ("builtins", "bool"), ("builtins", "complex"),
+    # protocol 0-2 pickles spell bytes (numpy array buffers among them) as _codecs.encode
+    ("_codecs", "encode"),
     ("collections", "defaultdict"), ("collections", "OrderedDict"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
@@ -31,6 +34,12 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        # Protocol 0-2 pickles use Python 2 names (__builtin__.dict); map them as the base
+        # class would, before the check, so legitimate old files load. (Python 2 module names
+        # never name a Python 3 module, so mapping them whatever the protocol is safe.)
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         raise UnsafePickleError(f"refusing to load {module}.{name}: only plain data is allowed")
