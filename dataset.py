@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 FEATURE_GROUPS = ("user_sparse", "user_array", "user_continual",
                   "item_sparse", "item_array", "item_continual")
 DEFAULT_MM_EMB_ID = "81"  # the competition's 32-d multimodal feature, used when present
@@ -73,7 +73,7 @@ class SequenceData:
     """All users' token sequences, flat. Line u holds tokens line_offsets[u]:line_offsets[u+1]."""
     tok_id: np.ndarray       # (T,) int32: item reid, or the user reid for a profile token
     tok_type: np.ndarray     # (T,) int8: 1 item, 2 user profile
-    tok_action: np.ndarray   # (T,) int32: action type of the record (null -> 0)
+    tok_action: np.ndarray   # (T,) int8: action type of the record (null -> 0; saturates at +-127)
     line_offsets: np.ndarray  # (U+1,) int64
     line_user: np.ndarray    # (U,) int32 user reid of each line
     has_profile: np.ndarray  # (U,) bool: the line's first token is its profile
@@ -197,7 +197,7 @@ def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> Dataset
     check_indexer(indexer, data_dir / "indexer.pkl")
     itemnum, usernum = len(indexer["i"]), len(indexer["u"])
     item_feats = load_item_feat_dict(data_dir / "item_feat_dict.json", itemnum, bad)
-    lines = _parse_sequences(data_dir, itemnum, usernum, bad)
+    lines = _parse_sequences(data_dir, itemnum, usernum, bad, item_feats)
     for reid, feats in lines.record_item_feats.items():  # items missing from item_feat_dict
         item_feats.setdefault(reid, feats)
     schema = discover_schema(data_dir, indexer["f"], lines.user_feats, item_feats)
@@ -266,11 +266,13 @@ class _ParsedLines:
     seqs: SequenceData
     user_feats: dict[int, dict]        # user reid -> profile features
     profile_where: dict[int, str]      # user reid -> "seq.jsonl:line" of its profile, for errors
-    record_item_feats: dict[int, dict]  # item reid -> features of its first record
+    record_item_feats: dict[int, dict]  # reid -> features of its first record, for items that
+    #                                     item_feat_dict.json lacks
     lines_without_items: int
 
 
-def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords) -> _ParsedLines:
+def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords,
+                     known_items: dict) -> _ParsedLines:
     path = data_dir / "seq.jsonl"
     keep_empty_items = _declares_no_item_features(data_dir)
     offsets = _checked_offsets(data_dir / "seq_offsets.pkl")
@@ -294,7 +296,8 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
                 user_feats[user] = profile
                 profile_where[user] = f"{path}:{lineno}"
             for reid, feats, _ in items:
-                record_item_feats.setdefault(reid, feats)
+                if reid not in known_items and reid not in record_item_feats:
+                    record_item_feats[reid] = feats
             has = profile is not None
             ids = [user] * has + [i for i, _, _ in items]
             tok_id += ids
@@ -309,7 +312,7 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
     seqs = SequenceData(
         tok_id=np.asarray(tok_id, dtype=np.int32),
         tok_type=np.asarray(tok_type, dtype=np.int8),
-        tok_action=np.asarray(tok_action, dtype=np.int32),
+        tok_action=np.asarray(tok_action, dtype=np.int8),
         line_offsets=np.concatenate([[0], np.cumsum(line_lens, dtype=np.int64)]).astype(np.int64),
         line_user=np.asarray(line_user, dtype=np.int32),
         has_profile=np.asarray(line_profile, dtype=bool),
@@ -367,38 +370,54 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
         return None
     user, profile, items = 0, None, []
     for n, rec in enumerate(records):
-        if not isinstance(rec, list) or len(rec) != 6:
-            bad(f"{where}: record {n}: expected [user_id, item_id, user_feature, item_feature, "
-                f"action_type, timestamp], got {str(rec)[:80]}")
+        # Fast path for the common, well-formed item record; everything else is validated below.
+        if type(rec) is list and len(rec) == 6:
+            u, i, u_feat, i_feat, action, _ts = rec
+            if (type(i) is int and 0 < i <= itemnum and type(i_feat) is dict and u_feat is None
+                    and (u is None or type(u) is int and 0 <= u <= usernum)
+                    and (action is None or type(action) is int and -128 <= action <= 127)):
+                user = user or u or 0
+                if i_feat or keep_empty_items:
+                    items.append((i, i_feat, action or 0))
+                continue
+        checked = _check_record(rec, f"{where}: record {n}", itemnum, usernum, bad)
+        if checked is None:
             continue
-        u, i, u_feat, i_feat, action, _ts = rec
-        if not _valid_id(u, usernum) or not _valid_id(i, itemnum):
-            bad(f"{where}: record {n}: user id {u!r} / item id {i!r} outside the indexer "
-                f"(users 1..{usernum}, items 1..{itemnum})")
-            continue
-        if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
-            bad(f"{where}: record {n}: action_type must be an integer or null, got {action!r}")
-            continue
-        if action is not None:  # unknown types are their own class; extreme ones saturate
-            action = min(max(action, -2**31), 2**31 - 1)
-        if u and not user:
-            user = u
+        u, i, u_feat, i_feat, action = checked
+        user = user or u or 0
         # As the baseline: a profile needs a user id and features, an item an id and features
         # (an empty feature dict too, when schema.json says the data has no item features).
         if u and u_feat:
-            if not isinstance(u_feat, dict):
-                bad(f"{where}: record {n}: user_feature must be an object")
-                continue
             profile = u_feat
         if i and (i_feat or (keep_empty_items and i_feat == {})):
-            if not isinstance(i_feat, dict):
-                bad(f"{where}: record {n}: item_feature must be an object")
-                continue
             items.append((i, i_feat, action or 0))
     if items and not user:
         bad(f"{where}: no record names the user id")
         return None
     return user, profile, items
+
+
+def _check_record(rec, where: str, itemnum: int, usernum: int, bad: BadRecords):
+    """-> (u, i, user features, item features, action) of a valid record, else None (reported)."""
+    if not isinstance(rec, list) or len(rec) != 6:
+        bad(f"{where}: expected [user_id, item_id, user_feature, item_feature, action_type, "
+            f"timestamp], got {str(rec)[:80]}")
+        return None
+    u, i, u_feat, i_feat, action, _ts = rec
+    if not _valid_id(u, usernum) or not _valid_id(i, itemnum):
+        bad(f"{where}: user id {u!r} / item id {i!r} outside the indexer "
+            f"(users 1..{usernum}, items 1..{itemnum})")
+        return None
+    if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
+        bad(f"{where}: action_type must be an integer or null, got {action!r}")
+        return None
+    if action is not None and not -128 <= action <= 127:
+        action = 127 if action > 0 else -128  # unknown types are their own class; int8 holds them
+    for feats, name in ((u_feat, "user_feature"), (i_feat, "item_feature")):
+        if feats and not isinstance(feats, dict):
+            bad(f"{where}: {name} must be an object or null, got {type(feats).__name__}")
+            return None
+    return u, i, u_feat, i_feat, action
 
 
 def _valid_id(x, n: int) -> bool:
@@ -571,9 +590,18 @@ def _iter_mm_vectors(source: Path):
 
 # --------------------------------------------------------------------------- the cache
 
-_SEQ_FIELDS = ("tok_id", "tok_type", "tok_action", "line_offsets", "line_user", "has_profile")
+# tok_type is not stored: a token is a profile exactly when it opens a line that has one, so it
+# is rebuilt on load, and the cache holds 5 bytes per token (tok_id int32 + tok_action int8).
+_SEQ_FIELDS = ("tok_id", "tok_action", "line_offsets", "line_user", "has_profile")
 _TABLE_FIELDS = ("item_sparse", "item_array", "item_continual",
                  "user_sparse", "user_array", "user_continual")
+
+
+def _with_token_types(**fields) -> SequenceData:
+    tok_type = np.full(len(fields["tok_id"]), TOKEN_ITEM, np.int8)
+    starts = np.asarray(fields["line_offsets"][:-1])
+    tok_type[starts[np.asarray(fields["has_profile"], dtype=bool)]] = TOKEN_PROFILE
+    return SequenceData(tok_type=tok_type, **fields)
 
 
 def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
@@ -611,7 +639,7 @@ def _read_cache(path: Path) -> Dataset:
     schema = FeatureSchema.from_dict(meta["schema"])
     return Dataset(
         schema=schema,
-        seqs=SequenceData(**{n: load(n) for n in _SEQ_FIELDS}),
+        seqs=_with_token_types(**{n: load(n) for n in _SEQ_FIELDS}),
         tables=FeatureTables(**{n: load(n) for n in _TABLE_FIELDS},
                              mm={fid: load(f"mm_{fid}") for fid in schema.mm_dims}),
         itemnum=meta["itemnum"], usernum=meta["usernum"],

@@ -1,0 +1,464 @@
+"""Training throughput, model FLOP utilisation, evaluation time and memory of main.py's model.
+
+    python bench.py [--data_dir DIR] [main.py's flags] [--steps 30] [--warmup 5] [--json OUT.json]
+    python bench.py --amp bf16                      # bf16 autocast; MFU against a bf16 peak
+    python bench.py --compare_attention             # --attention_impl sdpa vs fast, same run
+    python bench.py --compare_amp --compare_sparse  # fp32 vs bf16, dense vs sparse, same run
+    python bench.py --synthetic_items 50000 5000000 --sparse_embeddings --compare_sparse --no-eval
+
+Data: --data_dir, else ML-1M from ../shared/data/ml-1m converted once by prepare_data.py into
+<--cache_dir or ~/.cache/taac-bench>/ml-1m (outside the repo; skipped with exit 0 when ../shared is
+absent), or --demo (main.py's built-in demo), or --synthetic_items N (a feature-less dataset built
+in memory, see `synthetic_dataset`). Configuration: main.py's flags, with the SASRec paper's ML-1M
+values as defaults (PAPER_ML1M) and the leave-one-out protocol.
+
+Every step is timed in parts: batch assembly (windows, histories), negative sampling and the
+host-to-device copy ("outside the model"), then forward + backward + optimizer step. Numbers are
+medians over the timed steps after --warmup steps. MFU = step_flops (the model's matrix-product
+FLOPs, forward + backward) / median step time / the machine's matmul peak in the step's precision;
+the peak is the median of one square matmul (2048 on CPU, 8192 on CUDA) timed after every round
+of steps, so it sees the same load as the steps. With several configurations (--compare_*, several --synthetic_items) each has its
+own model and they take turns step by step (A B A B ...), so a load change on a shared machine
+hits all of them alike and their ratios stay meaningful. The evaluation (all leave-one-out test
+users, full ranking) is timed once, for the first configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import main
+from batching import Queries, TrainBatches, leave_one_out_split
+from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
+from evaluate import evaluate
+from model import ATTENTION_IMPLS, BaseModel
+from similarity import DotSimilarity
+
+ROOT = Path(__file__).resolve().parent
+ML1M_SRC = ROOT.parent / "shared" / "data" / "ml-1m"
+DEFAULT_CACHE = Path("~/.cache/taac-bench")
+# The SASRec paper's ML-1M configuration (Kang & McAuley 2018), used when a flag is not given.
+PAPER_ML1M = dict(maxlen=200, hidden_units=50, num_blocks=2, num_heads=1, batch_size=128,
+                  dropout_rate=0.2, eval_protocol="leave_one_out")
+PEAK_SIZE = 2048  # square matmul that measures the machine's peak (CPU: ~0.1-0.5 s)
+PEAK_SIZE_CUDA = 8192  # on a GPU 2048^2 takes microseconds: launch and sync would dominate
+PRECISION_NAMES = {"none": "fp32", "bf16": "bf16"}  # --amp value -> label
+
+
+# --------------------------------------------------------------------------- flags
+
+def build_parser() -> argparse.ArgumentParser:
+    p = main.build_parser()
+    p.description = __doc__.splitlines()[0]
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--steps", type=int, default=30, help="timed training steps per configuration")
+    g.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, caches)")
+    g.add_argument("--json", default=None, help="write the results here as JSON")
+    g.add_argument("--demo", action="store_true",
+                   help="main.py's built-in demo dataset (--demo_users, --demo_items), not ML-1M")
+    g.add_argument("--synthetic_items", type=int, nargs="+", default=None,
+                   help="feature-less in-memory data with an N-item catalogue; several values "
+                        "are measured in the same run")
+    g.add_argument("--synthetic_users", type=int, default=6040,
+                   help="users of the synthetic data (ML-1M's count)")
+    g.add_argument("--compare_attention", action="store_true",
+                   help="also measure the other --attention_impl in the same run")
+    g.add_argument("--compare_sparse", action="store_true",
+                   help="also measure the other --sparse_embeddings setting in the same run")
+    g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="time a full-ranking evaluation of all leave-one-out test users")
+    g.add_argument("--compare_amp", action="store_true",
+                   help="also measure the other --amp setting in the same run")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 is steadier on a busy box")
+    g.add_argument("--peak_size", type=int, default=None,
+                   help="side of the square matmul that measures the peak "
+                        f"(default {PEAK_SIZE} on CPU, {PEAK_SIZE_CUDA} on CUDA)")
+    p.set_defaults(**PAPER_ML1M)  # argparse keeps any value the user passes
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.sparse_embeddings and args.l2_emb:
+        raise SystemExit("--l2_emb cannot be combined with --sparse_embeddings (see main.py)")
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+# --------------------------------------------------------------------------- data
+
+def resolve_data_dir(args) -> str | None:
+    """The V1 directory to read; converts ML-1M once. None: ../shared is absent (skip)."""
+    if args.data_dir:
+        return args.data_dir
+    if args.demo:
+        return main.ensure_demo_data(args)
+    out = Path(args.cache_dir or DEFAULT_CACHE).expanduser() / "ml-1m"
+    if (out / "seq.jsonl").exists():
+        return str(out)
+    if not ML1M_SRC.is_dir():
+        return None
+    import prepare_data
+    status = prepare_data.main(["movielens-1m", "--src", str(ML1M_SRC), "--out", str(out)])
+    if status:
+        raise SystemExit(f"prepare_data.py movielens-1m failed (status {status})")
+    return str(out)
+
+
+def synthetic_dataset(num_items: int, num_users: int, maxlen: int, seed: int = 0) -> Dataset:
+    """A feature-less Dataset built directly in memory: no files, no parse, seconds at any size.
+
+    Each user gets U(maxlen / 2, 2 * maxlen) items (no profile token) drawn uniformly from the
+    whole catalogue, so the batches hold the same number of tokens whatever `num_items` is and
+    only the catalogue-dependent costs (tables, optimizer state, unique rows) change. Feature
+    tables have zero columns; every item 1..num_items exists.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(3, maxlen // 2), 2 * maxlen + 1, size=num_users)
+    total = int(lengths.sum())
+    seqs = SequenceData(
+        tok_id=rng.integers(1, num_items + 1, size=total, dtype=np.int32),
+        tok_type=np.full(total, TOKEN_ITEM, np.int8),
+        tok_action=np.zeros(total, np.int32),
+        line_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        line_user=np.arange(1, num_users + 1, dtype=np.int32),
+        has_profile=np.zeros(num_users, bool))
+    empty = lambda n, *shape, dtype=np.int32: np.zeros((n + 1, *shape), dtype)  # noqa: E731
+    tables = FeatureTables(empty(num_items, 0), empty(num_items, 0, 1),
+                           empty(num_items, 0, dtype=np.float32), empty(num_users, 0),
+                           empty(num_users, 0, 1), empty(num_users, 0, dtype=np.float32), mm={})
+    valid = np.ones(num_items + 1, bool)
+    valid[0] = False
+    return Dataset(FeatureSchema(), seqs, tables, num_items, num_users, valid,
+                   stats={"synthetic": True})
+
+
+# --------------------------------------------------------------------------- FLOPs and peak
+
+def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
+    """Matrix-product FLOPs of one training step of `model.forward` on a (batch_size, seq_len)
+    batch, counted as the model executes them; backward = 2 x forward, so step = 3 x forward.
+
+    Counted (2 FLOPs per multiply-add), B = batch_size, L = seq_len, D = hidden:
+    - item part (`_item_lookup`): itemdnn on R rows, R = the whole catalogue (I + 1) when the
+      dense path runs it once per step, else 3 B L (seq, pos, neg per token); emb_transform of
+      each multimodal feature on the same R rows;
+    - user part: userdnn on B + 1 rows (the profile slot of each row plus the shared padding
+      user, see FeatureEmbedder.tokens);
+    - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV at
+      full L x L (2 x 2 B L^2 D; padding and the causal upper half are computed, then masked);
+    - logits: the dot similarity of pos and neg (2 x 2 B L D).
+    Not counted: embedding gathers, LayerNorm, softmax, dropout, the loss, the optimizer, and
+    the extra terms of a non-dot (adaptive) similarity.
+    """
+    f = model.features
+    d, b, n = model.hidden, batch_size, seq_len
+    lookups = 3 * b * n
+    rows = f.item_sparse.shape[0]
+    if rows > lookups or f.item_emb.sparse:  # the per-token path of _item_lookup
+        rows = lookups
+    mm_in = sum(lin.in_features for lin in f.emb_transform.values())
+    item = 2 * rows * d * (f.itemdnn.in_features + mm_in)
+    user = 2 * (b + 1) * f.userdnn.in_features * d
+    block = 6 * 2 * b * n * d * d + 2 * 2 * b * n * n * d
+    logits = 2 * 2 * b * n * d
+    forward = item + user + len(model.attention_layers) * block + logits
+    return 3 * forward
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_size(device: torch.device) -> int:
+    return PEAK_SIZE_CUDA if device.type == "cuda" else PEAK_SIZE
+
+
+class PeakMeter:
+    """The machine's matrix-multiply rate in one dtype: (size x size) @ (size x size) products,
+    sampled one at a time between training steps so they meet the same load as the steps do;
+    `gflops` is the median of the samples."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, size: int = PEAK_SIZE):
+        self.device, self.dtype, self.size, self.samples = device, dtype, size, []
+        self.a = torch.randn(size, size, device=device).to(dtype)
+        self.b = torch.randn(size, size, device=device).to(dtype)
+        for _ in range(2):
+            self.a @ self.b
+
+    def sample(self) -> None:
+        _sync(self.device)
+        start = time.perf_counter()
+        self.a @ self.b
+        _sync(self.device)
+        self.samples.append(2 * self.size ** 3 / (time.perf_counter() - start) / 1e9)
+
+    @property
+    def gflops(self) -> float:
+        return float(np.median(self.samples))
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int,
+                size: int = PEAK_SIZE) -> float:
+    """GFLOP/s: the median of `repeats` products in `dtype`, timed back to back."""
+    meter = PeakMeter(device, dtype, size)
+    for _ in range(repeats):
+        meter.sample()
+    return meter.gflops
+
+
+# --------------------------------------------------------------------------- one configuration
+
+class TimedSampler:
+    """Wraps the negative sampler so the time spent in `sample` is known per step."""
+
+    def __init__(self, sampler):
+        self.sampler, self.seconds = sampler, 0.0
+
+    def sample(self, *a, **kw):
+        start = time.perf_counter()
+        try:
+            return self.sampler.sample(*a, **kw)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def __getattr__(self, name):
+        return getattr(self.sampler, name)
+
+
+class Case:
+    """One configuration: its own model, optimizer, sampler and batch stream, stepped as main.py's
+    loop does; `step()` -> the timings and sizes of one step."""
+
+    def __init__(self, label: str, args, data: Dataset, split, device: torch.device):
+        self.label, self.args, self.data, self.split, self.device = label, args, data, split, device
+        self.amp_dtype = main.AMP_DTYPES[args.amp]
+        main.set_seed(args.seed)
+        self.sampler = TimedSampler(main.make_sampler(args, data, split, seed=args.seed + 1))
+        self.model = main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
+                                      data.itemnum, data.usernum).to(device)
+        self.optimizer = main.build_optimizer(self.model, args)
+        self.batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size,
+                                    self.sampler, seed=args.seed)
+        self.records: list[dict] = []
+        self.losses: list[float] = []
+        self._stream = self._batches()
+
+    def _batches(self):
+        epoch = 0
+        while True:
+            epoch += 1
+            self.sampler.set_epoch(epoch)
+            torch.manual_seed(self.args.seed * 100_003 + epoch)
+            yield from self.batches.epoch(epoch)
+
+    def step(self) -> dict:
+        self.model.train()
+        self.sampler.seconds = 0.0
+        t0 = time.perf_counter()
+        batch = next(self._stream)
+        t1 = time.perf_counter()
+        tensors = main.to_device(batch, self.device)
+        _sync(self.device)
+        t2 = time.perf_counter()
+        loss = main.compute_loss(self.model, tensors, self.args, self.amp_dtype)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        _sync(self.device)
+        t3 = time.perf_counter()
+        self.losses.append(float(loss.detach()))  # after the timer: .item() syncs a GPU
+        b, n = batch["seq"].shape
+        return {"assembly": t1 - t0 - self.sampler.seconds, "sampling": self.sampler.seconds,
+                "h2d": t2 - t1, "model": t3 - t2, "total": t3 - t0, "seqs": b,
+                "targets": int((batch["pos"] != 0).sum()), "flops": step_flops(self.model, b, n)}
+
+    def summary(self, peak_gflops: float) -> dict:
+        """Medians over the recorded steps; a rate is median(work per step) / median(step time),
+        so it agrees with the step time shown next to it (an epoch's last, partial batch does
+        not move either median)."""
+        r = {k: np.array([s[k] for s in self.records], dtype=np.float64) for k in self.records[0]}
+        med = lambda x: float(np.median(x))  # noqa: E731
+        outside = r["assembly"] + r["sampling"] + r["h2d"]
+        achieved = med(r["flops"]) / med(r["total"]) / 1e9
+        return {
+            "label": self.label, "timed_steps": len(self.records),
+            "step_ms_median": 1e3 * med(r["total"]), "model_ms_median": 1e3 * med(r["model"]),
+            "assembly_ms_median": 1e3 * med(r["assembly"]),
+            "sampling_ms_median": 1e3 * med(r["sampling"]), "h2d_ms_median": 1e3 * med(r["h2d"]),
+            "outside_model_share": med(outside / r["total"]),
+            "train_seq_per_s": med(r["seqs"]) / med(r["total"]),
+            "target_tokens_per_s": med(r["targets"]) / med(r["total"]),
+            "model_gflops_per_step": med(r["flops"]) / 1e9,
+            "achieved_gflops": achieved, "peak_gflops": peak_gflops,
+            "mfu": achieved / peak_gflops,
+            "loss_first": self.losses[0], "loss_last": self.losses[-1],
+            "loss_finite": bool(np.isfinite(self.losses).all()),
+        }
+
+    def evaluate(self) -> dict:
+        """Full-ranking (unless --eval_sampled) metrics of all leave-one-out test users, timed."""
+        test = self.split.test if isinstance(self.split.test, Queries) else \
+            leave_one_out_split(self.data.seqs).test
+        a = self.args
+        _sync(self.device)
+        start = time.perf_counter()
+        metrics = evaluate(self.model, self.data.seqs, test, self.data.itemnum, a.maxlen,
+                           self.device, batch_size=a.eval_batch_size,
+                           filter_seen=a.eval_filter_seen, sampled=a.eval_sampled, seed=a.seed,
+                           amp_dtype=self.amp_dtype)
+        _sync(self.device)
+        return {"eval_seconds": time.perf_counter() - start, "eval_users": len(test.targets),
+                "eval_metrics": metrics}
+
+
+def run_cases(cases: list[Case], warmup: int, steps: int, meters=()) -> None:
+    """Step the cases in turn (A B C A B C ...); keep the records after `warmup` rounds; after
+    each timed round every PeakMeter takes one sample."""
+    for i in range(warmup + steps):
+        for case in cases:
+            record = case.step()
+            if i >= warmup:
+                case.records.append(record)
+        if i >= warmup:
+            for meter in meters:
+                meter.sample()
+
+
+# --------------------------------------------------------------------------- the run
+
+def case_grid(args) -> list[tuple[str, argparse.Namespace, int | None]]:
+    """(label, args, synthetic item count) of every configuration; the first is as given."""
+    attention = [args.attention_impl]
+    if args.compare_attention:
+        attention += [i for i in ATTENTION_IMPLS if i != args.attention_impl]
+    sparse = [args.sparse_embeddings]
+    if args.compare_sparse:
+        sparse.append(not args.sparse_embeddings)
+    amp = [args.amp] + ([a for a in main.AMP_DTYPES if a != args.amp] if args.compare_amp else [])
+    items = args.synthetic_items or [None]
+    grid = []
+    for n, s, a, impl in product(items, sparse, amp, attention):
+        label = " ".join(filter(None, [f"items={n}" if n else "", "sparse" if s else "dense",
+                                       PRECISION_NAMES[a], f"attn={impl}"]))
+        grid.append((label, argparse.Namespace(**{**vars(args), "sparse_embeddings": s,
+                                                  "amp": a, "attention_impl": impl}), n))
+    return grid
+
+
+def load(args) -> dict[int | None, tuple[Dataset, object]] | None:
+    """Data and split for each synthetic size (or the one real dataset, key None)."""
+    if args.synthetic_items:
+        out = {}
+        for n in args.synthetic_items:
+            data = synthetic_dataset(n, args.synthetic_users, args.maxlen, seed=args.seed)
+            out[n] = (data, main.make_split(args, data))
+        return out
+    data_dir = resolve_data_dir(args)
+    if data_dir is None:
+        return None
+    args.data_dir = data_dir
+    data = main.load_data(args)
+    return {None: (data, main.make_split(args, data))}
+
+
+def ratios(summaries: list[dict]) -> dict[str, float]:
+    """Step-time ratio of every configuration to the first, and the speed-up along each
+    compared axis (configurations that differ in that one word of their labels)."""
+    base = summaries[0]["step_ms_median"]
+    out = {f"step_time {s['label']} / {summaries[0]['label']}": s["step_ms_median"] / base
+           for s in summaries[1:]}
+    by_words = {tuple(s["label"].split()): s["step_ms_median"] for s in summaries}
+    for slow, fast in (("attn=sdpa", "attn=fast"), ("fp32", "bf16"), ("dense", "sparse")):
+        for words, ms in by_words.items():
+            if fast in words:
+                other = tuple(slow if w == fast else w for w in words)
+                if other in by_words:
+                    rest = " ".join(w for w in words if w != fast)
+                    out[f"speedup {fast} vs {slow} ({rest})"] = by_words[other] / ms
+    sizes = [w for w in summaries[0]["label"].split() if w.startswith("items=")]
+    for words, ms in by_words.items():  # catalogue scaling: each size against the first
+        if sizes and words[0] != sizes[0]:
+            base_words = (sizes[0], *words[1:])
+            if base_words in by_words:
+                out[f"step_time {words[0]} / {sizes[0]} ({' '.join(words[1:])})"] = \
+                    ms / by_words[base_words]
+    return out
+
+
+def report(summaries: list[dict], extra: dict) -> str:
+    cols = [("step ms", "step_ms_median", "{:.1f}"), ("model ms", "model_ms_median", "{:.1f}"),
+            ("seq/s", "train_seq_per_s", "{:,.0f}"),
+            ("targets/s", "target_tokens_per_s", "{:,.0f}"),
+            ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
+            ("outside", "outside_model_share", "{:.1%}")]
+    width = max(len(s["label"]) for s in summaries) + 2
+    lines = [f"{'configuration':<{width}}" + "".join(f"{c:>12}" for c, _, _ in cols)]
+    for s in summaries:
+        lines.append(f"{s['label']:<{width}}" + "".join(f"{fmt.format(s[k]):>12}"
+                                                        for _, k, fmt in cols))
+    lines += [f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in extra.items()]
+    return "\n".join(lines)
+
+
+def bench(argv=None) -> dict | None:
+    """Run the benchmark; returns the results (None when the default data is absent)."""
+    args = parse_args(argv)
+    main.setup_logging("", rank=1)  # rank 1: warnings only, no log file
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = main.resolve_device(args.device, 0)
+    datasets = load(args)
+    if datasets is None:
+        print(f"skipped: no --data_dir and {ML1M_SRC} is absent (ML-1M is read from ../shared)")
+        return None
+    grid = case_grid(args)
+    args.peak_size = args.peak_size or peak_size(device)
+    meters = {a.amp: PeakMeter(device, main.AMP_DTYPES[a.amp] or torch.float32, args.peak_size)
+              for _, a, _ in grid}
+    cases = [Case(label, a, *datasets[n], device) for label, a, n in grid]
+    run_cases(cases, args.warmup, args.steps, meters.values())
+    summaries = [c.summary(meters[c.args.amp].gflops) for c in cases]
+    first = cases[0]
+    evaluation = first.evaluate() if args.eval else {}
+    result = {**summaries[0], **evaluation,
+              "peak_gflops_by_precision": {PRECISION_NAMES[a]: m.gflops for a, m in meters.items()},
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "cases": summaries, "ratios": ratios(summaries),
+              "data": {"users": first.data.seqs.num_lines, "items": first.data.itemnum,
+                       "tokens": int(len(first.data.seqs.tok_id)),
+                       "train_sequences": len(first.split.train)},
+              "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "device": str(device), "cpu": platform.processor() or platform.machine(),
+                          "similarity_counted": isinstance(first.model.similarity, DotSimilarity)},
+              "config": vars(args)}
+    extra = {f"peak GFLOP/s {name} (median of {args.steps} matmuls of {args.peak_size}^2 "
+             "between the steps)": f"{value:.1f}"
+             for name, value in result["peak_gflops_by_precision"].items()}
+    extra.update(result["ratios"])
+    if evaluation:
+        extra["eval_seconds"] = evaluation["eval_seconds"]
+        extra["eval users / NDCG@10"] = (f"{evaluation['eval_users']} / "
+                                         f"{evaluation['eval_metrics']['NDCG@10']:.4f}")
+    extra["peak_rss_mb"] = result["peak_rss_mb"]
+    print(report(summaries, extra))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    bench()
+    sys.exit(0)
