@@ -356,10 +356,8 @@ def _check_offset(offsets, lineno: int, position: int, data_dir: Path) -> None:
                         f"seq.jsonl starts at byte {position}: the offsets do not match seq.jsonl")
 
 
-def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int,
-                bad: BadRecords, keep_empty_items: bool = False):
-    """-> (user reid, profile features or None, [(item reid, item features, action)]) or None."""
-    where = f"{path}:{lineno}"
+def decode_records(line: bytes, where: str, bad: BadRecords) -> list | None:
+    """One seq.jsonl line -> its list of records, or None (reported to `bad`)."""
     try:
         records = json_loads(line)
     except ValueError as e:
@@ -367,6 +365,16 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
         return None
     if not isinstance(records, list):
         bad(f"{where}: expected a JSON array of records, got {type(records).__name__}")
+        return None
+    return records
+
+
+def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int,
+                bad: BadRecords, keep_empty_items: bool = False):
+    """-> (user reid, profile features or None, [(item reid, item features, action)]) or None."""
+    where = f"{path}:{lineno}"
+    records = decode_records(line, where, bad)
+    if records is None:
         return None
     user, profile, items = 0, None, []
     for n, rec in enumerate(records):

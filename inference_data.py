@@ -199,13 +199,8 @@ def _parse_predict_seq(data_dir: Path, bad: BadRecords) -> list[_Line]:
 def _parse_line(raw: bytes, where: str, bad: BadRecords) -> _Line | None:
     """One line -> _Line, with the baseline's acceptance: a profile needs a user id and a
     feature dict, an item a (possibly cold) id and a feature dict. None: the line is skipped."""
-    try:
-        records = json_loads(raw)
-    except ValueError as e:
-        bad(f"{where}: invalid JSON ({e})")
-        return None
-    if not isinstance(records, list):
-        bad(f"{where}: expected a JSON array of records, got {type(records).__name__}")
+    records = dataset.decode_records(raw, where, bad)
+    if records is None:
         return None
     line = _Line(None, None, [])
     for n, rec in enumerate(records):

@@ -30,6 +30,7 @@ from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_s
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
 from evaluate import evaluate, format_table
 from model import ATTENTION_IMPLS, BaseModel
+from optim import build_optimizer
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES, build_sampler
 from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITY_TYPES, build_similarity
 
@@ -50,7 +51,15 @@ class NonFiniteLoss(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("data and run folders")
+    _data_flags(p.add_argument_group("data and run folders"))
+    _model_flags(p.add_argument_group("model (the baseline's flags and defaults)"))
+    _training_flags(p.add_argument_group("training"))
+    _sampling_flags(p.add_argument_group("negative sampling"))
+    _evaluation_flags(p.add_argument_group("evaluation"))
+    return p
+
+
+def _data_flags(g) -> None:
     g.add_argument("--data_dir", default=os.environ.get(ENV_DEFAULTS["data_dir"]),
                    help="V1 data directory (env TRAIN_DATA_PATH); none: the built-in demo dataset")
     g.add_argument("--log_dir", default=os.environ.get(ENV_DEFAULTS["log_dir"]),
@@ -70,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--demo_users", type=int, default=3000, help="users of the built-in demo dataset")
     g.add_argument("--demo_items", type=int, default=2000, help="items of the built-in demo dataset")
 
-    g = p.add_argument_group("model (the baseline's flags and defaults)")
+
+def _model_flags(g) -> None:
     g.add_argument("--maxlen", type=int, default=101, help="tokens per sequence; arrays have maxlen+1 slots")
     g.add_argument("--hidden_units", type=int, default=32, help="embedding and model width")
     g.add_argument("--num_blocks", type=int, default=1, help="self-attention blocks")
@@ -85,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=list(DEFAULT_SIMILARITY_TYPES),
                    help="similarities mixed by --use_adaptive_similarity")
 
-    g = p.add_argument_group("training")
+
+def _training_flags(g) -> None:
     g.add_argument("--batch_size", type=int, default=128, help="sequences per step")
     g.add_argument("--lr", type=float, default=0.001, help="Adam learning rate")
     g.add_argument("--num_epochs", type=int, default=3, help="training epochs")
@@ -104,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inference_only", action="store_true",
                    help="no training: evaluate the --state_dict_path checkpoint and exit")
 
-    g = p.add_argument_group("negative sampling")
+
+def _sampling_flags(g) -> None:
     g.add_argument("--use_smart_sampling", action="store_true",
                    help="draw a share of negatives by popularity, the rest uniformly")
     g.add_argument("--popular_ratio", type=float, default=0.3, help="share of popularity-drawn negatives")
@@ -115,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear: ramp the popular share from 0 to --popular_ratio (curriculum)")
     g.add_argument("--curriculum_epochs", type=int, default=5, help="epochs of the linear ramp")
 
-    g = p.add_argument_group("evaluation")
+
+def _evaluation_flags(g) -> None:
     g.add_argument("--eval_protocol", choices=SPLITS, default="random_user",
                    help="random_user: the baseline's 90/10 user split with validation loss; "
                         "leave_one_out: ranking metrics on each user's last items")
@@ -127,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_sampled", type=int, default=0,
                    help="rank against N sampled negatives (the SASRec paper's 100) instead of all items")
     g.add_argument("--eval_batch_size", type=int, default=512, help="users per evaluation chunk")
-    return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -230,41 +242,6 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
                      norm_first=args.norm_first, similarity=similarity,
                      attention_impl=args.attention_impl,
                      sparse_embeddings=args.sparse_embeddings)
-
-
-class Optimizers(torch.optim.Optimizer):
-    """Adam for dense parameters plus SparseAdam for sparse embedding tables, stepped as one."""
-
-    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer):
-        self.parts = [dense, sparse]
-        self.param_groups = dense.param_groups + sparse.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.parts:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None) -> None:
-        for opt in self.parts:
-            opt.step()
-
-    def state_dict(self) -> dict:
-        return {"dense": self.parts[0].state_dict(), "sparse": self.parts[1].state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.parts[0].load_state_dict(state["dense"])
-        self.parts[1].load_state_dict(state["sparse"])
-
-
-def build_optimizer(model, args) -> torch.optim.Optimizer:
-    """Adam with the baseline's betas; with --sparse_embeddings the tables get SparseAdam."""
-    betas = (0.9, 0.98)
-    sparse = model.sparse_parameters()
-    if not sparse:
-        return torch.optim.Adam(model.parameters(), lr=args.lr, betas=betas)
-    ids = {id(p) for p in sparse}
-    dense = [p for p in model.parameters() if id(p) not in ids]
-    return Optimizers(torch.optim.Adam(dense, lr=args.lr, betas=betas),
-                      torch.optim.SparseAdam(sparse, lr=args.lr, betas=betas))
 
 
 # --------------------------------------------------------------------------- one step
@@ -508,7 +485,7 @@ def main(argv=None) -> dict:
     sampler = make_sampler(args, data, split, seed=args.seed + 1 + rank)
     model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
                         data.usernum).to(device)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args.lr)
     state = RunState()
     restore(args, model, optimizer, sampler, state)
     model = dist.wrap(model, device)

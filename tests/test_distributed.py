@@ -35,9 +35,9 @@ import main
 models = []
 build_optimizer = main.build_optimizer
 
-def spy(model, args):
+def spy(model, lr):
     models.append(model)
-    return build_optimizer(model, args)
+    return build_optimizer(model, lr)
 
 main.build_optimizer = spy
 main.main(sys.argv[2:])

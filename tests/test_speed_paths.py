@@ -250,7 +250,7 @@ def test_sparse_and_dense_embeddings_take_the_same_first_step(demo_data):
     for extra in ((), ("--sparse_embeddings",)):
         args = _args(*extra)
         model = _model(data, *extra).train()
-        optimizer = main.build_optimizer(model, args)
+        optimizer = main.build_optimizer(model, args.lr)
         before = {k: p.detach().clone() for k, p in model.named_parameters()}
         torch.manual_seed(5)  # the same dropout masks
         loss = main.compute_loss(model, batch, args, None)
