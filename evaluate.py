@@ -34,7 +34,7 @@ def item_matrix(model, itemnum: int, device, chunk: int = 65536) -> Tensor:
 
 @torch.no_grad()
 def evaluate(model, seqs: SequenceData, queries: Queries, itemnum: int, maxlen: int, device,
-             *, batch_size: int = 256, filter_seen: bool = True, sampled: int = 0,
+             *, batch_size: int = 128, filter_seen: bool = True, sampled: int = 0,
              seed: int = 0, amp_dtype: torch.dtype | None = None) -> dict:
     """Mean metrics over the queries: HR@K, NDCG@K, MRR, AUC, score, num_users, protocol."""
     was_training = model.training
