@@ -63,11 +63,11 @@ def _data_flags(g) -> None:
     g.add_argument("--data_dir", default=os.environ.get(ENV_DEFAULTS["data_dir"]),
                    help="V1 data directory (env TRAIN_DATA_PATH); none: the built-in demo dataset")
     g.add_argument("--log_dir", default=os.environ.get(ENV_DEFAULTS["log_dir"]),
-                   help="train.log, args.json, metrics.json (env TRAIN_LOG_PATH; default runs/<name>/logs)")
+                   help="train.log, args.json, metrics.json (env TRAIN_LOG_PATH; default runs/<run_name>/log)")
     g.add_argument("--tb_dir", default=os.environ.get(ENV_DEFAULTS["tb_dir"]),
-                   help="TensorBoard event files (env TRAIN_TF_EVENTS_PATH; default runs/<name>/tb)")
+                   help="TensorBoard event files (env TRAIN_TF_EVENTS_PATH; default runs/<run_name>/tb)")
     g.add_argument("--ckpt_dir", default=os.environ.get(ENV_DEFAULTS["ckpt_dir"]),
-                   help="checkpoint folders (env TRAIN_CKPT_PATH; default runs/<name>/ckpt)")
+                   help="checkpoint folders (env TRAIN_CKPT_PATH; default runs/<run_name>/ckpt)")
     g.add_argument("--run_name", default=time.strftime("%Y%m%d-%H%M%S"),
                    help="name of the run folder under runs/ used for unset folders")
     g.add_argument("--cache_dir", default=None,
