@@ -45,15 +45,6 @@ TINY = ["--maxlen", "20", "--hidden_units", "16", "--batch_size", "64", "--num_e
         "--device", "cpu", "--seed", "5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster on a busy 2-core machine (see test_main)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def load_error(d: Path, **kw) -> str:
     with pytest.raises(DataError) as e:
         load_dataset(d, use_cache=False, **kw)

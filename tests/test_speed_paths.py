@@ -30,15 +30,6 @@ from model import BaseModel, attention, dropout, fast_keep_mask
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- attention
 
 def _qkv_mask(b=3, h=2, n=7, d=8, seed=0):
