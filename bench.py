@@ -17,7 +17,10 @@ host-to-device copy ("outside the model"), then forward + backward + optimizer s
 medians over the timed steps after --warmup steps. MFU = step_flops (the model's matrix-product
 FLOPs, forward + backward) / median step time / the machine's matmul peak in the step's precision;
 the peak is the median of one square matmul (2048 on CPU, 8192 on CUDA) timed after every round
-of steps, so it sees the same load as the steps. With several configurations (--compare_*, several --synthetic_items) each has its
+of steps, so it sees the same load as the steps. MFU ceiling = the same FLOPs / the time the
+step's matrix products alone take (torch.profiler over a few extra steps) / the peak: the MFU the
+step would reach if everything else in it (softmax, masks, dropout, LayerNorm, gathers, the
+optimizer) took no time, i.e. what small-matrix efficiency alone allows. With several configurations (--compare_*, several --synthetic_items) each has its
 own model and they take turns step by step (A B A B ...), so a load change on a shared machine
 hits all of them alike and their ratios stay meaningful. The evaluation (all leave-one-out test
 users, full ranking) is timed once, for the first configuration.
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import main
 from batching import Queries, TrainBatches, leave_one_out_split
@@ -156,8 +160,10 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
       each multimodal feature on the same R rows;
     - user part: userdnn on B + 1 rows (the profile slot of each row plus the shared padding
       user, see FeatureEmbedder.tokens);
-    - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV at
-      full L x L (2 x 2 B L^2 D; padding and the causal upper half are computed, then masked);
+    - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV
+      over the score entries computed (2 x 2 B S D): S = L^2 for sdpa (padding and the causal
+      upper half are computed, then masked), S = L^2 less the top-right (L/2)^2 quarter for the
+      fast CPU path, which skips it (see model.attention);
     - logits: the dot similarity of pos and neg (2 x 2 B L D).
     Not counted: embedding gathers, LayerNorm, softmax, dropout, the loss, the optimizer, and
     the extra terms of a non-dot (adaptive) similarity.
@@ -171,10 +177,19 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
     mm_in = sum(lin.in_features for lin in f.emb_transform.values())
     item = 2 * rows * d * (f.itemdnn.in_features + mm_in)
     user = 2 * (b + 1) * f.userdnn.in_features * d
-    block = 6 * 2 * b * n * d * d + 2 * 2 * b * n * n * d
+    block = 6 * 2 * b * n * d * d + 2 * 2 * b * attention_scores(model, n) * d
     logits = 2 * 2 * b * n * d
     forward = item + user + len(model.attention_layers) * block + logits
     return 3 * forward
+
+
+def attention_scores(model: BaseModel, seq_len: int) -> int:
+    """Entries of one (L, L) score matrix that a training step's attention computes."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if model.attention_layers[0].impl == "fast" and on_cpu and seq_len >= 2:
+        half = seq_len // 2
+        return half * half + (seq_len - half) * seq_len  # model.attention's causal split
+    return seq_len * seq_len
 
 
 def _sync(device: torch.device) -> None:
@@ -285,7 +300,7 @@ class Case:
                 "h2d": t2 - t1, "model": t3 - t2, "total": t3 - t0, "seqs": b,
                 "targets": int((batch["pos"] != 0).sum()), "flops": step_flops(self.model, b, n)}
 
-    def summary(self, peak_gflops: float) -> dict:
+    def summary(self, peak_gflops: float, matmul_s: float) -> dict:
         """Medians over the recorded steps; a rate is median(work per step) / median(step time),
         so it agrees with the step time shown next to it (an epoch's last, partial batch does
         not move either median)."""
@@ -304,6 +319,8 @@ class Case:
             "model_gflops_per_step": med(r["flops"]) / 1e9,
             "achieved_gflops": achieved, "peak_gflops": peak_gflops,
             "mfu": achieved / peak_gflops,
+            "matmul_ms_per_step": 1e3 * matmul_s,
+            "mfu_ceiling": med(r["flops"]) / matmul_s / 1e9 / peak_gflops,
             "loss_first": self.losses[0], "loss_last": self.losses[-1],
             "loss_finite": bool(np.isfinite(self.losses).all()),
         }
@@ -322,6 +339,25 @@ class Case:
         _sync(self.device)
         return {"eval_seconds": time.perf_counter() - start, "eval_users": len(test.targets),
                 "eval_metrics": metrics}
+
+
+# the kernels that do a step's matrix products (linear layers, bmm of the attention)
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                        "aten::_addmm_activation"})
+
+
+def matmul_seconds(case: Case, steps: int = 3) -> float:
+    """Median over `steps` profiled (unrecorded) steps of the time spent in matrix products."""
+    cuda = case.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    per_step = []
+    for _ in range(steps):
+        with profile(activities=activities) as prof:
+            case.step()
+        micros = sum(e.self_device_time_total if cuda else e.self_cpu_time_total
+                     for e in prof.key_averages() if e.key in MATMUL_OPS)
+        per_step.append(micros / 1e6)
+    return float(np.median(per_step))
 
 
 def run_cases(cases: list[Case], warmup: int, steps: int, meters=()) -> None:
@@ -403,6 +439,7 @@ def report(summaries: list[dict], extra: dict) -> str:
             ("seq/s", "train_seq_per_s", "{:,.0f}"),
             ("targets/s", "target_tokens_per_s", "{:,.0f}"),
             ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
+            ("matmul ms", "matmul_ms_per_step", "{:.1f}"), ("MFU ceil", "mfu_ceiling", "{:.1%}"),
             ("outside", "outside_model_share", "{:.1%}")]
     width = max(len(s["label"]) for s in summaries) + 2
     lines = [f"{'configuration':<{width}}" + "".join(f"{c:>12}" for c, _, _ in cols)]
@@ -430,12 +467,13 @@ def bench(argv=None) -> dict | None:
               for _, a, _ in grid}
     cases = [Case(label, a, *datasets[n], device) for label, a, n in grid]
     run_cases(cases, args.warmup, args.steps, meters.values())
-    summaries = [c.summary(meters[c.args.amp].gflops) for c in cases]
     first = cases[0]
     evaluation = first.evaluate() if args.eval else {}
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiler
+    summaries = [c.summary(meters[c.args.amp].gflops, matmul_seconds(c)) for c in cases]
     result = {**summaries[0], **evaluation,
               "peak_gflops_by_precision": {PRECISION_NAMES[a]: m.gflops for a, m in meters.items()},
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_rss_mb": peak_rss_mb,
               "cases": summaries, "ratios": ratios(summaries),
               "data": {"users": first.data.seqs.num_lines, "items": first.data.itemnum,
                        "tokens": int(len(first.data.seqs.tok_id)),

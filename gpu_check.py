@@ -4,7 +4,7 @@
     python gpu_check.py --device cpu --steps 20                              # CPU smoke test
 
 Prints, per precision: training throughput (sequences/s, median step), MFU against a matmul peak
-of that precision, peak GPU memory (torch.cuda.max_memory_allocated, training and evaluation
+of that precision and its ceiling (bench.py: matrix products alone), peak GPU memory (torch.cuda.max_memory_allocated, training and evaluation
 together), the evaluation's seconds and NDCG@10, and whether every loss and metric is finite.
 Both runs start from the same seed and see the same batches, so their losses compare. Data: the
 built-in demo dataset unless --data_dir. Exit status 0 when everything is finite, 1 otherwise or
@@ -68,11 +68,12 @@ def run_precision(label: str, args, data, split, device: torch.device) -> dict:
               else float("nan"))  # read before the peak's matrices are allocated
     peak = bench.matmul_peak(device, main.AMP_DTYPES[a.amp] or torch.float32, 10,
                              args.peak_size or bench.peak_size(device))
-    summary = case.summary(peak)
+    summary = case.summary(peak, bench.matmul_seconds(case))
     metrics = evaluation["eval_metrics"]
     return {
         "train_seq_per_s": summary["train_seq_per_s"], "step_ms_median": summary["step_ms_median"],
         "outside_model_share": summary["outside_model_share"], "mfu": summary["mfu"],
+        "mfu_ceiling": summary["mfu_ceiling"],
         "peak_gflops": peak,
         "peak_memory_mb": memory,
         "eval_seconds": evaluation["eval_seconds"], "ndcg10": metrics["NDCG@10"],
@@ -84,7 +85,8 @@ def run_precision(label: str, args, data, split, device: torch.device) -> dict:
 
 def report(results: dict[str, dict]) -> str:
     cols = [("seq/s", "train_seq_per_s", "{:,.0f}"), ("step ms", "step_ms_median", "{:.2f}"),
-            ("MFU", "mfu", "{:.1%}"), ("outside", "outside_model_share", "{:.0%}"),
+            ("MFU", "mfu", "{:.1%}"), ("MFU ceil", "mfu_ceiling", "{:.1%}"),
+            ("outside", "outside_model_share", "{:.0%}"),
             ("peak MB", "peak_memory_mb", "{:,.0f}"), ("eval s", "eval_seconds", "{:.2f}"),
             ("NDCG@10", "ndcg10", "{:.4f}"), ("loss", "loss_last20", "{:.4f}"),
             ("finite", "finite", "{}")]

@@ -59,27 +59,36 @@ class Dropout(nn.Module):
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
-              impl: str = "sdpa") -> Tensor:
+              impl: str = "sdpa", causal: bool = False) -> Tensor:
     """q, k, v (B, H, L, d); mask (B, 1, L, L) bool, True = may attend -> (B, H, L, d).
 
     "sdpa" is torch's scaled_dot_product_attention, as the baseline (and on GPUs always: its
     fused kernels are the fast path there). "fast" computes the same function on CPU with the
     same dropout semantics (on the attention weights, kept weights scaled by 1 / (1 - p)):
     scale and mask fused into one baddbmm, the cheap dropout mask, and the 1 / (1 - p) applied
-    to the (L, d) output instead of the (L, L) weights.
+    to the (L, d) output instead of the (L, L) weights. `causal` promises that the mask hides
+    every key after its query; the fast path then skips the top-right quarter of the (L, L)
+    scores, where every weight is 0 (a quarter less attention work, same numbers).
     """
     if impl == "sdpa" or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     b, h, nq, d = q.shape
     nk = k.shape[2]
+    q, k, v = (t.reshape(b * h, t.shape[2], d) for t in (q, k, v))
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
-    scores = torch.baddbmm(bias.expand(b, h, nq, nk).reshape(b * h, nq, nk),
-                           q.reshape(b * h, nq, d), k.reshape(b * h, nk, d).transpose(1, 2),
-                           alpha=d ** -0.5)
-    weights = scores.softmax(-1)
-    if dropout_p > 0.0:
-        weights = weights * fast_keep_mask(weights.shape, dropout_p, weights.device)
-    out = torch.bmm(weights, v.reshape(b * h, nk, d))
+    bias = bias.expand(b, h, nq, nk).reshape(b * h, nq, nk)  # a view when h == 1
+    # Query rows [start, end) need keys [0, end) only when the mask is causal.
+    edges = [0, nq // 2, nq] if causal and nq == nk and nq >= 2 else [0, nq]
+    outs = []
+    for start, end in zip(edges, edges[1:]):
+        keys = end if len(edges) > 2 else nk
+        scores = torch.baddbmm(bias[:, start:end, :keys], q[:, start:end],
+                               k[:, :keys].transpose(1, 2), alpha=d ** -0.5)
+        weights = scores.softmax(-1)
+        if dropout_p > 0.0:
+            weights = weights * fast_keep_mask(weights.shape, dropout_p, weights.device)
+        outs.append(torch.bmm(weights, v[:, :keys]))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     if dropout_p > 0.0:
         out = out * (1.0 / (1.0 - dropout_p))
     return out.view(b, h, nq, d)
@@ -104,7 +113,8 @@ class MultiHeadAttention(nn.Module):
         queries = x[:, -1:] if last_only else x
         out = attention(split(self.q_linear(queries)), split(self.k_linear(x)),
                         split(self.v_linear(x)), mask[:, :, -1:] if last_only else mask,
-                        self.dropout_rate if self.training else 0.0, self.impl)
+                        self.dropout_rate if self.training else 0.0, self.impl,
+                        causal=not last_only)
         return self.out_linear(out.transpose(1, 2).reshape(b, queries.shape[1], d))
 
 
