@@ -4,8 +4,9 @@
     python gpu_check.py --device cpu --steps 20                              # CPU smoke test
 
 Prints, per precision: training throughput (sequences/s, median step), MFU against a matmul peak
-of that precision and its ceiling (bench.py: matrix products alone), peak GPU memory (torch.cuda.max_memory_allocated, training and evaluation
-together), the evaluation's seconds and NDCG@10, and whether every loss and metric is finite.
+of that precision and its ceiling (bench.py: the matrix products alone), peak GPU memory
+(torch.cuda.max_memory_allocated, training and evaluation together), the evaluation's seconds and
+NDCG@10, and whether every loss and metric is finite.
 Both runs start from the same seed and see the same batches, so their losses compare. Data: the
 built-in demo dataset unless --data_dir. Exit status 0 when everything is finite, 1 otherwise or
 when CUDA is asked for and absent. A few minutes on an H100/H200, most of it start-up.
