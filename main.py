@@ -87,6 +87,9 @@ def _model_flags(g) -> None:
     g.add_argument("--num_heads", type=int, default=1, help="attention heads")
     g.add_argument("--dropout_rate", type=float, default=0.2, help="dropout everywhere (embeddings, attention, FFN)")
     g.add_argument("--norm_first", action="store_true", help="pre-LN blocks instead of post-LN")
+    g.add_argument("--dnn_relu", action=argparse.BooleanOptionalAction, default=True,
+                   help="ReLU after itemdnn and userdnn, as the baseline; --no-dnn_relu keeps them "
+                        "linear, so item vectors may take any sign (as plain SASRec's embeddings)")
     g.add_argument("--attention_impl", choices=ATTENTION_IMPLS, default="fast",
                    help="sdpa: torch's scaled_dot_product_attention; fast: same function, cheaper dropout mask")
     g.add_argument("--use_adaptive_similarity", action="store_true",
@@ -240,7 +243,7 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
     return BaseModel(schema, tables, itemnum, usernum,
                      hidden_units=args.hidden_units, num_blocks=args.num_blocks,
                      num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
-                     norm_first=args.norm_first, similarity=similarity,
+                     norm_first=args.norm_first, dnn_relu=args.dnn_relu, similarity=similarity,
                      attention_impl=args.attention_impl,
                      sparse_embeddings=args.sparse_embeddings)
 

@@ -142,9 +142,12 @@ class FeatureEmbedder(nn.Module):
     """
 
     def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
-                 hidden: int, sparse: bool = False):
+                 hidden: int, sparse: bool = False, relu: bool = True):
         super().__init__()
         self.schema = schema
+        # The baseline's ReLU after itemdnn/userdnn keeps every item vector in the positive
+        # orthant; relu=False leaves the layers linear (an option, not the baseline).
+        self.activation = nn.ReLU() if relu else nn.Identity()
         # sparse=True: id and feature tables get sparse gradients (for torch's SparseAdam), so a
         # step's update cost follows the rows the batch touched, not the catalogue size.
         self.item_emb = nn.Embedding(itemnum + 1, hidden, padding_idx=0, sparse=sparse)
@@ -180,11 +183,11 @@ class FeatureEmbedder(nn.Module):
 
     def items(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector."""
-        return torch.relu(self.itemdnn(torch.cat(self._side("item", ids, self.item_emb), -1)))
+        return self.activation(self.itemdnn(torch.cat(self._side("item", ids, self.item_emb), -1)))
 
     def users(self, ids: Tensor) -> Tensor:
         """User ids (...) -> user part (..., D)."""
-        return torch.relu(self.userdnn(torch.cat(self._side("user", ids, self.user_emb), -1)))
+        return self.activation(self.userdnn(torch.cat(self._side("user", ids, self.user_emb), -1)))
 
     def tokens(self, seq: Tensor, token_type: Tensor, item_part: Tensor | None = None) -> Tensor:
         """seq, token_type (B, L) -> (B, L, D): item part + user part, as the baseline.
@@ -214,12 +217,12 @@ class BaseModel(nn.Module):
     def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
                  hidden_units: int = 32, num_blocks: int = 1, num_heads: int = 1,
                  dropout_rate: float = 0.2, maxlen: int = 101, norm_first: bool = False,
-                 similarity: nn.Module | None = None, attention_impl: str = "sdpa",
-                 sparse_embeddings: bool = False):
+                 dnn_relu: bool = True, similarity: nn.Module | None = None,
+                 attention_impl: str = "sdpa", sparse_embeddings: bool = False):
         super().__init__()
         self.hidden, self.norm_first = hidden_units, norm_first
         self.features = FeatureEmbedder(schema, tables, itemnum, usernum, hidden_units,
-                                        sparse=sparse_embeddings)
+                                        sparse=sparse_embeddings, relu=dnn_relu)
         self.pos_emb = nn.Embedding(2 * maxlen + 1, hidden_units, padding_idx=0)
         self.emb_dropout = Dropout(dropout_rate)
         self.attention_layernorms = nn.ModuleList()

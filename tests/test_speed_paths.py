@@ -150,7 +150,7 @@ def _assert_close_to_scale(got: torch.Tensor, want: torch.Tensor, rel: float, na
     assert err <= rel * max(scale, 1e-12), f"{name}: max error {err:.3g}, scale {scale:.3g}"
 
 
-def _reference_items(f, ids):
+def _reference_items(f, ids, relu=True):
     """The item part of every id, each token through itemdnn on its own features."""
     s = f.schema
     parts = [f.item_emb(ids)]
@@ -159,26 +159,29 @@ def _reference_items(f, ids):
               for j, fid in enumerate(s["item_array"])]
     parts += [f.emb_transform[fid](getattr(f, f"mm_{fid}")[ids]) for fid in s["mm_dims"]]
     parts += [f.item_continual[ids]] if s["item_continual"] else []
-    return torch.relu(f.itemdnn(torch.cat(parts, -1)))
+    out = f.itemdnn(torch.cat(parts, -1))
+    return torch.relu(out) if relu else out
 
 
-def _reference_users(f, ids):
+def _reference_users(f, ids, relu=True):
     s = f.schema
     parts = [f.user_emb(ids)]
     parts += [f.sparse_emb[fid](f.user_sparse[ids, j]) for j, fid in enumerate(s["user_sparse"])]
     parts += [f.sparse_emb[fid](f.user_array[ids, j]).sum(-2)
               for j, fid in enumerate(s["user_array"])]
     parts += [f.user_continual[ids]] if s["user_continual"] else []
-    return torch.relu(f.userdnn(torch.cat(parts, -1)))
+    out = f.userdnn(torch.cat(parts, -1))
+    return torch.relu(out) if relu else out
 
 
-def _reference_forward(model, seq, token_type, pos, neg):
+def _reference_forward(model, seq, token_type, pos, neg, relu=True):
     """The baseline's forward, slot by slot: feat2emb (item part + user part on EVERY slot),
     scale, positions, causal blocks with a plain softmax, last LayerNorm, dot logits."""
     f, (b, n) = model.features, seq.shape
     item_ids = torch.where(token_type == TOKEN_ITEM, seq, 0)
     user_ids = torch.where(token_type == TOKEN_PROFILE, seq, 0)
-    x = (_reference_items(f, item_ids) + _reference_users(f, user_ids)) * model.hidden ** 0.5
+    x = (_reference_items(f, item_ids, relu) + _reference_users(f, user_ids, relu)) \
+        * model.hidden ** 0.5
     x = x + model.pos_emb(torch.arange(1, n + 1) * (seq != 0))
     allowed = torch.zeros(b, 1, n, n, dtype=torch.bool)
     for r in range(b):
@@ -206,10 +209,12 @@ def _reference_forward(model, seq, token_type, pos, neg):
             x = attn_ln(x + mha(attn, x))
             x = ffn_ln(x + ffn(ff, x))
     feats = model.last_layernorm(x)
-    return ((feats * _reference_items(f, pos)).sum(-1), (feats * _reference_items(f, neg)).sum(-1))
+    return ((feats * _reference_items(f, pos, relu)).sum(-1),
+            (feats * _reference_items(f, neg, relu)).sum(-1))
 
 
-@pytest.mark.parametrize("extra", [(), ("--norm_first",), ("--attention_impl", "sdpa")])
+@pytest.mark.parametrize("extra", [(), ("--norm_first",), ("--attention_impl", "sdpa"),
+                                   ("--no-dnn_relu",)])
 def test_forward_equals_per_token_reference(demo_data, extra):
     data, split = demo_data
     model = _model(data, *extra).eval()
@@ -218,9 +223,13 @@ def test_forward_equals_per_token_reference(demo_data, extra):
     assert (seq == 0).any() and (token_type == TOKEN_PROFILE).any()  # padding and profiles
     with torch.no_grad():
         got = model(seq, token_type, batch["pos"], batch["neg"])
-        want = _reference_forward(model, seq, token_type, batch["pos"], batch["neg"])
+        want = _reference_forward(model, seq, token_type, batch["pos"], batch["neg"],
+                                  relu="--no-dnn_relu" not in extra)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    items = model.features.items(torch.arange(1, data.itemnum + 1))
+    # the baseline's ReLU keeps item vectors non-negative; without it they take both signs
+    assert (items.min() < 0) == ("--no-dnn_relu" in extra)
 
 
 def test_item_lookup_whole_catalogue_equals_per_token(demo_data):
