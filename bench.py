@@ -2,7 +2,7 @@
 
     python bench.py [--data_dir DIR] [main.py's flags] [--steps 30] [--warmup 5] [--json OUT.json]
     python bench.py --amp bf16                      # bf16 autocast; MFU against a bf16 peak
-    python bench.py --compare_attention             # --attention_impl sdpa vs fast, same run
+    python bench.py --compare_attention             # every --attention_impl, same run
     python bench.py --compare_amp --compare_sparse  # fp32 vs bf16, dense vs sparse, same run
     python bench.py --synthetic_items 50000 5000000 --sparse_embeddings --compare_sparse --no-eval
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--synthetic_users", type=int, default=6040,
                    help="users of the synthetic data (ML-1M's count)")
     g.add_argument("--compare_attention", action="store_true",
-                   help="also measure the other --attention_impl in the same run")
+                   help="also measure the other --attention_impl choices in the same run")
     g.add_argument("--compare_sparse", action="store_true",
                    help="also measure the other --sparse_embeddings setting in the same run")
     g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
@@ -417,7 +417,8 @@ def ratios(summaries: list[dict]) -> dict[str, float]:
     out = {f"step_time {s['label']} / {summaries[0]['label']}": s["step_ms_median"] / base
            for s in summaries[1:]}
     by_words = {tuple(s["label"].split()): s["step_ms_median"] for s in summaries}
-    for slow, fast in (("attn=sdpa", "attn=fast"), ("fp32", "bf16"), ("dense", "sparse")):
+    for slow, fast in (("attn=sdpa", "attn=fast"), ("attn=fast_full", "attn=fast"),
+                       ("fp32", "bf16"), ("dense", "sparse")):
         for words, ms in by_words.items():
             if fast in words:
                 other = tuple(slow if w == fast else w for w in words)

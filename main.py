@@ -91,7 +91,9 @@ def _model_flags(g) -> None:
                    help="ReLU after itemdnn and userdnn, as the baseline; --no-dnn_relu keeps them "
                         "linear, so item vectors may take any sign (as plain SASRec's embeddings)")
     g.add_argument("--attention_impl", choices=ATTENTION_IMPLS, default="fast",
-                   help="sdpa: torch's scaled_dot_product_attention; fast: same function, cheaper dropout mask")
+                   help="sdpa: torch's scaled_dot_product_attention; fast: the same function on CPU with a "
+                        "cheaper dropout mask, skipping the causal top-right quarter of the scores; "
+                        "fast_full: fast without that skip (for benchmarks); GPUs always use sdpa")
     g.add_argument("--use_adaptive_similarity", action="store_true",
                    help="score with a learned mix of similarities instead of the dot product")
     g.add_argument("--similarity_types", nargs="+", choices=SIMILARITY_TYPES,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from similarity import DotSimilarity
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
-ATTENTION_IMPLS = ("sdpa", "fast")
+ATTENTION_IMPLS = ("sdpa", "fast", "fast_full")
 
 
 def fast_keep_mask(shape: torch.Size, p: float, device) -> Tensor:
@@ -67,8 +67,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     same dropout semantics (on the attention weights, kept weights scaled by 1 / (1 - p)):
     scale and mask fused into one baddbmm, the cheap dropout mask, and the 1 / (1 - p) applied
     to the (L, d) output instead of the (L, L) weights. `causal` promises that the mask hides
-    every key after its query; the fast path then skips the top-right quarter of the (L, L)
-    scores, where every weight is 0 (a quarter less attention work, same numbers).
+    every key after its query; "fast" then skips the top-right quarter of the (L, L) scores,
+    where every weight is 0 (a quarter less attention work, same numbers); "fast_full" computes
+    them anyway (the fast path without that split, kept to measure what the split is worth).
     """
     if impl == "sdpa" or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -78,7 +79,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
     bias = bias.expand(b, h, nq, nk).reshape(b * h, nq, nk)  # a view when h == 1
     # Query rows [start, end) need keys [0, end) only when the mask is causal.
-    edges = [0, nq // 2, nq] if causal and nq == nk and nq >= 2 else [0, nq]
+    split = causal and impl == "fast" and nq == nk and nq >= 2
+    edges = [0, nq // 2, nq] if split else [0, nq]
     outs = []
     for start, end in zip(edges, edges[1:]):
         keys = end if len(edges) > 2 else nk

@@ -52,7 +52,7 @@ def _plain_attention(q, k, v, mask):
 def test_fast_attention_equals_sdpa_and_plain_softmax_without_dropout(causal, n):
     q, k, v, mask = _qkv_mask(n=n)
     ref = _plain_attention(q, k, v, mask)
-    for impl in ("fast", "sdpa"):
+    for impl in ("fast", "fast_full", "sdpa"):
         out = attention(q, k, v, mask, 0.0, impl, causal=causal)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
@@ -313,7 +313,8 @@ def test_bf16_autocast_forward_is_close_to_fp32(demo_data):
         assert err <= 0.05 * a.abs().max().item() + 0.05, err
 
 
-@pytest.mark.parametrize("extra", [(), ("--sparse_embeddings",), ("--attention_impl", "sdpa")])
+@pytest.mark.parametrize("extra", [(), ("--sparse_embeddings",), ("--attention_impl", "sdpa"),
+                                   ("--attention_impl", "fast_full")])
 def test_step_flops_matches_torch_flop_counter(demo_data, extra):
     """bench.step_flops against torch's counter of the matrix products a step executes. The
     counter sees no dot-product logits (elementwise), and no input gradient where the input
@@ -354,8 +355,9 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
     assert 0 < result["matmul_ms_per_step"] < result["step_ms_median"]
     assert result["mfu"] < result["mfu_ceiling"]
     assert result["config"]["maxlen"] == 10 and result["config"]["num_heads"] == 1  # paper default
-    assert len(result["cases"]) == 2 and out.is_file()
+    assert len(result["cases"]) == 3 and out.is_file()
     assert any(k.startswith("speedup attn=fast vs attn=sdpa") for k in result["ratios"])
+    assert any(k.startswith("speedup attn=fast vs attn=fast_full") for k in result["ratios"])
     synthetic = bench.bench(["--synthetic_items", "500", "3000", "--synthetic_users", "50",
                              "--maxlen", "10", "--hidden_units", "8", "--batch_size", "16",
                              "--steps", "1", "--warmup", "0", "--sparse_embeddings", "--no-eval",
