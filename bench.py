@@ -264,7 +264,7 @@ class Case:
         self.sampler = TimedSampler(main.make_sampler(args, data, split, seed=args.seed + 1))
         self.model = main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
                                       data.itemnum, data.usernum).to(device)
-        self.optimizer = main.build_optimizer(self.model, args.lr)
+        self.optimizer = main.build_optimizer(self.model, args.lr, args.adam_betas)
         self.batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size,
                                     self.sampler, seed=args.seed)
         self.records: list[dict] = []

@@ -30,7 +30,7 @@ from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_s
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
 from evaluate import evaluate, format_table
 from model import ATTENTION_IMPLS, BaseModel
-from optim import build_optimizer
+from optim import BETAS, build_optimizer
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES, build_sampler
 from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITY_TYPES, build_similarity
 
@@ -104,6 +104,8 @@ def _model_flags(g) -> None:
 def _training_flags(g) -> None:
     g.add_argument("--batch_size", type=int, default=128, help="sequences per step")
     g.add_argument("--lr", type=float, default=0.001, help="Adam learning rate")
+    g.add_argument("--adam_betas", type=float, nargs=2, default=list(BETAS), metavar=("B1", "B2"),
+                   help="Adam's betas; the baseline's 0.9 0.98 (torch's default is 0.9 0.999)")
     g.add_argument("--num_epochs", type=int, default=3, help="training epochs")
     g.add_argument("--l2_emb", type=float, default=0.0, help="weight of the item-embedding norm in the loss")
     g.add_argument("--seed", type=int, default=42, help="seeds the split, init, dropout and negatives")
@@ -491,7 +493,7 @@ def main(argv=None) -> dict:
     sampler = make_sampler(args, data, split, seed=args.seed + 1 + rank)
     model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
                         data.usernum).to(device)
-    optimizer = build_optimizer(model, args.lr)
+    optimizer = build_optimizer(model, args.lr, args.adam_betas)
     state = RunState()
     restore(args, model, optimizer, sampler, state)
     model = dist.wrap(model, device)

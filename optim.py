@@ -29,9 +29,9 @@ class Optimizers(torch.optim.Optimizer):
         self.parts[1].load_state_dict(state["sparse"])
 
 
-def build_optimizer(model, lr: float) -> torch.optim.Optimizer:
-    """Adam with the baseline's betas; with --sparse_embeddings the tables get SparseAdam."""
-    betas = BETAS
+def build_optimizer(model, lr: float, betas: tuple[float, float] = BETAS) -> torch.optim.Optimizer:
+    """Adam (the baseline's betas by default); with --sparse_embeddings the tables get SparseAdam."""
+    betas = tuple(betas)
     sparse = model.sparse_parameters()
     if not sparse:
         return torch.optim.Adam(model.parameters(), lr=lr, betas=betas)

@@ -35,9 +35,9 @@ import main
 models = []
 build_optimizer = main.build_optimizer
 
-def spy(model, lr):
+def spy(model, lr, *rest):
     models.append(model)
-    return build_optimizer(model, lr)
+    return build_optimizer(model, lr, *rest)
 
 main.build_optimizer = spy
 main.main(sys.argv[2:])

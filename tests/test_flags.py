@@ -107,3 +107,24 @@ def test_every_flag_has_help_text():
     for action in main_module.build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"{action.option_strings} has no help text"
+
+
+class _TwoKindsOfParameters(torch.nn.Module):
+    """An embedding table (sparse or not) and a dense layer, as main's model exposes them."""
+
+    def __init__(self, sparse: bool):
+        super().__init__()
+        self.table, self.dense = torch.nn.Embedding(5, 4, sparse=sparse), torch.nn.Linear(2, 2)
+
+    def sparse_parameters(self):
+        return [self.table.weight] if self.table.sparse else []
+
+
+@pytest.mark.parametrize("extra,betas", [((), (0.9, 0.98)),
+                                         (("--adam_betas", "0.8", "0.999"), (0.8, 0.999))])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_adam_betas_reach_dense_and_sparse_optimizers(extra, betas, sparse):
+    """Default: the baseline's betas; --adam_betas sets them for Adam and SparseAdam alike."""
+    args = main_module.parse_args(list(extra))
+    optimizer = main_module.build_optimizer(_TwoKindsOfParameters(sparse), args.lr, args.adam_betas)
+    assert [g["betas"] for g in optimizer.param_groups] == [betas] * (2 if sparse else 1)
