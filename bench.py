@@ -44,7 +44,7 @@ import main
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
 from evaluate import evaluate
-from model import ATTENTION_IMPLS, BaseModel
+from model import ATTENTION_IMPLS, BaseModel, score_blocks
 from similarity import DotSimilarity
 
 ROOT = Path(__file__).resolve().parent
@@ -185,11 +185,11 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
 
 def attention_scores(model: BaseModel, seq_len: int) -> int:
     """Entries of one (L, L) score matrix that a training step's attention computes."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if model.attention_layers[0].impl == "fast" and on_cpu and seq_len >= 2:
-        half = seq_len // 2
-        return half * half + (seq_len - half) * seq_len  # model.attention's causal split
-    return seq_len * seq_len
+    impl = model.attention_layers[0].impl
+    if impl == "sdpa" or next(model.parameters()).device.type != "cpu":
+        return seq_len * seq_len
+    return sum((end - start) * keys
+               for start, end, keys in score_blocks(seq_len, seq_len, impl, causal=True))
 
 
 def _sync(device: torch.device) -> None:

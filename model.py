@@ -58,6 +58,17 @@ class Dropout(nn.Module):
         return dropout(x, self.p, self.training)
 
 
+def score_blocks(nq: int, nk: int, impl: str, causal: bool) -> list[tuple[int, int, int]]:
+    """(first query, end query, keys) blocks that the fast path computes of an (nq, nk) score
+    matrix. With a causal mask, query rows [0, L/2) need keys [0, L/2) only, so "fast" skips the
+    top-right quarter, where every weight is 0; "fast_full" (and a non-causal mask) computes it
+    all. bench.step_flops counts FLOPs from the same blocks."""
+    if causal and impl == "fast" and nq == nk and nq >= 2:
+        half = nq // 2
+        return [(0, half, half), (half, nq, nq)]
+    return [(0, nq, nk)]
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
               impl: str = "sdpa", causal: bool = False) -> Tensor:
     """q, k, v (B, H, L, d); mask (B, 1, L, L) bool, True = may attend -> (B, H, L, d).
@@ -67,9 +78,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     same dropout semantics (on the attention weights, kept weights scaled by 1 / (1 - p)):
     scale and mask fused into one baddbmm, the cheap dropout mask, and the 1 / (1 - p) applied
     to the (L, d) output instead of the (L, L) weights. `causal` promises that the mask hides
-    every key after its query; "fast" then skips the top-right quarter of the (L, L) scores,
-    where every weight is 0 (a quarter less attention work, same numbers); "fast_full" computes
-    them anyway (the fast path without that split, kept to measure what the split is worth).
+    every key after its query, so "fast" may skip scores (see `score_blocks`); "fast_full"
+    computes them anyway (kept to measure what the skip is worth).
     """
     if impl == "sdpa" or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -78,12 +88,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     q, k, v = (t.reshape(b * h, t.shape[2], d) for t in (q, k, v))
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
     bias = bias.expand(b, h, nq, nk).reshape(b * h, nq, nk)  # a view when h == 1
-    # Query rows [start, end) need keys [0, end) only when the mask is causal.
-    split = causal and impl == "fast" and nq == nk and nq >= 2
-    edges = [0, nq // 2, nq] if split else [0, nq]
     outs = []
-    for start, end in zip(edges, edges[1:]):
-        keys = end if len(edges) > 2 else nk
+    for start, end, keys in score_blocks(nq, nk, impl, causal):
         scores = torch.baddbmm(bias[:, start:end, :keys], q[:, start:end],
                                k[:, :keys].transpose(1, 2), alpha=d ** -0.5)
         weights = scores.softmax(-1)
