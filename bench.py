@@ -155,10 +155,10 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
     batch, counted as the model executes them; backward = 2 x forward, so step = 3 x forward.
 
     Counted (2 FLOPs per multiply-add), B = batch_size, L = seq_len, D = hidden:
-    - item part (`_item_lookup`): itemdnn on R rows, R = the whole catalogue (I + 1) when the
+    - item part (`_item_lookup`): itemdnn (none with "sum" fusion) on R rows, R = the whole catalogue (I + 1) when the
       dense path runs it once per step, else 3 B L (seq, pos, neg per token); emb_transform of
       each multimodal feature on the same R rows;
-    - user part: userdnn on B + 1 rows (the profile slot of each row plus the shared padding
+    - user part: userdnn (none with "sum" fusion) on B + 1 rows (the profile slot of each row plus the shared padding
       user, see FeatureEmbedder.tokens);
     - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV
       over the score entries computed (2 x 2 B S D): S = L^2 for sdpa (padding and the causal
@@ -175,8 +175,9 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
     if rows > lookups or f.item_emb.sparse:  # the per-token path of _item_lookup
         rows = lookups
     mm_in = sum(lin.in_features for lin in f.emb_transform.values())
-    item = 2 * rows * d * (f.itemdnn.in_features + mm_in)
-    user = 2 * (b + 1) * f.userdnn.in_features * d
+    fused = f.fusion == "dnn"  # "sum" fusion has no itemdnn/userdnn products
+    item = 2 * rows * d * ((f.itemdnn.in_features if fused else 0) + mm_in)
+    user = 2 * (b + 1) * f.userdnn.in_features * d if fused else 0
     block = 6 * 2 * b * n * d * d + 2 * 2 * b * attention_scores(model, n) * d
     logits = 2 * 2 * b * n * d
     forward = item + user + len(model.attention_layers) * block + logits

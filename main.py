@@ -29,7 +29,8 @@ from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_s
     random_user_split, training_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
 from evaluate import evaluate, format_table
-from model import ATTENTION_IMPLS, BaseModel
+from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
+                   ModelConfigError)
 from optim import BETAS, build_optimizer
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES, build_sampler
 from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITY_TYPES, build_similarity
@@ -90,6 +91,17 @@ def _model_flags(g) -> None:
     g.add_argument("--dnn_relu", action=argparse.BooleanOptionalAction, default=True,
                    help="ReLU after itemdnn and userdnn, as the baseline; --no-dnn_relu keeps them "
                         "linear, so item vectors may take any sign (as plain SASRec's embeddings)")
+    g.add_argument("--feature_fusion", choices=FEATURE_FUSIONS, default="dnn",
+                   help="dnn: id and feature embeddings concatenated through itemdnn/userdnn, as the "
+                        "baseline; sum: their sum, no Linear (on id-only data an item is its id "
+                        "embedding, as in SASRec); needs data without continual features")
+    g.add_argument("--init", choices=INITS, default="xavier",
+                   help="xavier: xavier-normal matrices, as the baseline; normal: N(0, 0.02) matrices "
+                        "and zero biases, as BERT and the SASRec reproductions")
+    g.add_argument("--positions", choices=POSITION_MODES, default="slot",
+                   help="slot: position = slot, so the newest token always has the last one, as the "
+                        "baseline; from_start: counted from the oldest kept token, as right-padded "
+                        "SASRec implementations")
     g.add_argument("--attention_impl", choices=ATTENTION_IMPLS, default="fast",
                    help="sdpa: torch's scaled_dot_product_attention; fast: the same function on CPU with a "
                         "cheaper dropout mask, skipping the causal top-right quarter of the scores; "
@@ -249,7 +261,8 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
                      num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
                      norm_first=args.norm_first, dnn_relu=args.dnn_relu, similarity=similarity,
                      attention_impl=args.attention_impl,
-                     sparse_embeddings=args.sparse_embeddings)
+                     sparse_embeddings=args.sparse_embeddings, feature_fusion=args.feature_fusion,
+                     init=args.init, positions=args.positions)
 
 
 # --------------------------------------------------------------------------- one step
@@ -579,7 +592,7 @@ def cli() -> int:
     try:
         main()
         return 0
-    except (DataError, ckpt.CheckpointError, NonFiniteLoss) as e:
+    except (DataError, ModelConfigError, ckpt.CheckpointError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

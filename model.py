@@ -21,6 +21,13 @@ from similarity import DotSimilarity
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
 ATTENTION_IMPLS = ("sdpa", "fast", "fast_full")
+FEATURE_FUSIONS = ("dnn", "sum")
+INITS = ("xavier", "normal")
+POSITION_MODES = ("slot", "from_start")
+
+
+class ModelConfigError(ValueError):
+    """Hyperparameters the model cannot be built with; the message names the flag to change."""
 
 
 def fast_keep_mask(shape: torch.Size, p: float, device) -> Tensor:
@@ -106,7 +113,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, hidden: int, num_heads: int, dropout_rate: float, impl: str = "sdpa"):
         super().__init__()
         if hidden % num_heads:
-            raise ValueError(f"hidden_units {hidden} is not divisible by num_heads {num_heads}")
+            raise ModelConfigError(f"--hidden_units {hidden} is not divisible by --num_heads {num_heads}")
         self.num_heads, self.dropout_rate, self.impl = num_heads, dropout_rate, impl
         self.q_linear = nn.Linear(hidden, hidden)
         self.k_linear = nn.Linear(hidden, hidden)
@@ -150,9 +157,15 @@ class FeatureEmbedder(nn.Module):
     """
 
     def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
-                 hidden: int, sparse: bool = False, relu: bool = True):
+                 hidden: int, sparse: bool = False, relu: bool = True, fusion: str = "dnn"):
         super().__init__()
-        self.schema = schema
+        if fusion not in FEATURE_FUSIONS:
+            raise ModelConfigError(f"--feature_fusion {fusion!r} is not one of {FEATURE_FUSIONS}")
+        continual = schema["item_continual"] + schema["user_continual"]
+        if fusion == "sum" and continual:
+            raise ModelConfigError(f"--feature_fusion sum adds feature vectors, but features "
+                                   f"{continual} are continual scalars; use --feature_fusion dnn")
+        self.schema, self.fusion = schema, fusion
         # The baseline's ReLU after itemdnn/userdnn keeps every item vector in the positive
         # orthant; relu=False leaves the layers linear (an option, not the baseline).
         self.activation = nn.ReLU() if relu else nn.Identity()
@@ -168,10 +181,11 @@ class FeatureEmbedder(nn.Module):
                                             for fid, dim in schema["mm_dims"].items()})
         for name, table in tables.items():
             self.register_buffer(name, table, persistent=False)
-        n_item = 1 + len(schema["item_sparse"]) + len(schema["item_array"]) + len(schema["mm_dims"])
-        n_user = 1 + len(schema["user_sparse"]) + len(schema["user_array"])
-        self.itemdnn = nn.Linear(hidden * n_item + len(schema["item_continual"]), hidden)
-        self.userdnn = nn.Linear(hidden * n_user + len(schema["user_continual"]), hidden)
+        if fusion == "dnn":
+            n_item = 1 + len(schema["item_sparse"]) + len(schema["item_array"]) + len(schema["mm_dims"])
+            n_user = 1 + len(schema["user_sparse"]) + len(schema["user_array"])
+            self.itemdnn = nn.Linear(hidden * n_item + len(schema["item_continual"]), hidden)
+            self.userdnn = nn.Linear(hidden * n_user + len(schema["user_continual"]), hidden)
 
     def _side(self, side: str, ids: Tensor, id_emb: nn.Embedding) -> list[Tensor]:
         emb_id = getattr(self, f"{side}_emb_id", None)
@@ -191,11 +205,19 @@ class FeatureEmbedder(nn.Module):
 
     def items(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector."""
-        return self.activation(self.itemdnn(torch.cat(self._side("item", ids, self.item_emb), -1)))
+        return self._fuse(self._side("item", ids, self.item_emb), getattr(self, "itemdnn", None))
 
     def users(self, ids: Tensor) -> Tensor:
         """User ids (...) -> user part (..., D)."""
-        return self.activation(self.userdnn(torch.cat(self._side("user", ids, self.user_emb), -1)))
+        return self._fuse(self._side("user", ids, self.user_emb), getattr(self, "userdnn", None))
+
+    def _fuse(self, parts: list[Tensor], dnn: nn.Linear | None) -> Tensor:
+        """The baseline's "dnn": a Linear (+ ReLU) over the concatenated parts. "sum": the parts'
+        sum, so on id-only data an item is its id embedding alone, as in the SASRec paper, and
+        padding (all parts 0) embeds to exactly 0 instead of the Linear's bias."""
+        if dnn is None:
+            return torch.stack(parts).sum(0)
+        return self.activation(dnn(torch.cat(parts, -1)))
 
     def tokens(self, seq: Tensor, token_type: Tensor, item_part: Tensor | None = None) -> Tensor:
         """seq, token_type (B, L) -> (B, L, D): item part + user part, as the baseline.
@@ -226,11 +248,16 @@ class BaseModel(nn.Module):
                  hidden_units: int = 32, num_blocks: int = 1, num_heads: int = 1,
                  dropout_rate: float = 0.2, maxlen: int = 101, norm_first: bool = False,
                  dnn_relu: bool = True, similarity: nn.Module | None = None,
-                 attention_impl: str = "sdpa", sparse_embeddings: bool = False):
+                 attention_impl: str = "sdpa", sparse_embeddings: bool = False,
+                 feature_fusion: str = "dnn", init: str = "xavier", positions: str = "slot"):
         super().__init__()
-        self.hidden, self.norm_first = hidden_units, norm_first
+        if init not in INITS or positions not in POSITION_MODES:
+            raise ModelConfigError(f"--init {init!r} / --positions {positions!r}: expected one "
+                                   f"of {INITS} / {POSITION_MODES}")
+        self.hidden, self.norm_first, self.positions = hidden_units, norm_first, positions
         self.features = FeatureEmbedder(schema, tables, itemnum, usernum, hidden_units,
-                                        sparse=sparse_embeddings, relu=dnn_relu)
+                                        sparse=sparse_embeddings, relu=dnn_relu,
+                                        fusion=feature_fusion)
         self.pos_emb = nn.Embedding(2 * maxlen + 1, hidden_units, padding_idx=0)
         self.emb_dropout = Dropout(dropout_rate)
         self.attention_layernorms = nn.ModuleList()
@@ -244,15 +271,22 @@ class BaseModel(nn.Module):
             self.forward_layernorms.append(nn.LayerNorm(hidden_units, eps=1e-8))
             self.forward_layers.append(PointWiseFeedForward(hidden_units, dropout_rate))
         self.last_layernorm = nn.LayerNorm(hidden_units, eps=1e-8)
-        self._init_weights()
+        self._init_weights(init)
         # Added after the init so a similarity's own initialisation (bilinear = identity) stays.
         self.similarity = similarity if similarity is not None else DotSimilarity()
 
-    def _init_weights(self) -> None:
-        """As the baseline: xavier-normal for every matrix, zero padding rows."""
-        for p in self.parameters():
+    def _init_weights(self, init: str) -> None:
+        """"xavier", as the baseline: xavier-normal for every matrix, torch's defaults for the
+        rest. "normal", as BERT and the SASRec reproductions (RecBole, Klenitskiy & Vasilev):
+        every matrix N(0, 0.02), every bias 0 (LayerNorms stay 1 and 0). Padding rows are 0."""
+        for name, p in self.named_parameters():
             if p.dim() >= 2:
-                nn.init.xavier_normal_(p)
+                if init == "xavier":
+                    nn.init.xavier_normal_(p)
+                else:
+                    nn.init.normal_(p, std=0.02)
+            elif init == "normal" and name.endswith("bias"):
+                nn.init.zeros_(p)
         for m in self.modules():
             if isinstance(m, nn.Embedding) and m.padding_idx is not None:
                 with torch.no_grad():
@@ -269,8 +303,7 @@ class BaseModel(nn.Module):
         that slot: the same numbers for it at about half the cost)."""
         x = self.features.tokens(seq, token_type, item_part) * (self.hidden ** 0.5)
         nonpad = seq != 0
-        positions = torch.arange(1, seq.shape[1] + 1, device=seq.device) * nonpad
-        x = self.emb_dropout(x + self.pos_emb(positions))
+        x = self.emb_dropout(x + self.pos_emb(self._position_ids(nonpad)))
         mask = self._attention_mask(nonpad)
         blocks = list(zip(self.attention_layernorms, self.attention_layers,
                           self.forward_layernorms, self.forward_layers))
@@ -284,6 +317,15 @@ class BaseModel(nn.Module):
                 x = attn_ln(residual + attn(x, mask, last))
                 x = ffn_ln(x + ffn(x))
         return self.last_layernorm(x[:, -1:] if last_only else x)
+
+    def _position_ids(self, nonpad: Tensor) -> Tensor:
+        """(B, L) bool -> (B, L) position ids, 0 on padding. "slot", as the baseline: the slot
+        number, so with left padding the newest token always has the last position (recency).
+        "from_start", as right-padded implementations (Klenitskiy & Vasilev): 1 for the oldest
+        kept token, counting up."""
+        if self.positions == "slot":
+            return torch.arange(1, nonpad.shape[1] + 1, device=nonpad.device) * nonpad
+        return nonpad.cumsum(1) * nonpad
 
     @staticmethod
     def _attention_mask(nonpad: Tensor) -> Tensor:

@@ -425,6 +425,19 @@ def test_cli_non_finite_loss(trained, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--feature_fusion", "sum"], "error: --feature_fusion sum adds feature vectors, but features "
+                                  "['203', '302'] are continual scalars; use --feature_fusion dnn"),
+    (["--num_heads", "3"], "error: --hidden_units 16 is not divisible by --num_heads 3"),
+])
+def test_cli_model_the_data_cannot_have(flags, message, tmp_path, monkeypatch, capsys):
+    d = _small_dir(tmp_path)
+    line = one_error_line(*run_cli(["--data_dir", str(d), *_run_dirs(tmp_path), *TINY, *flags],
+                                   monkeypatch, capsys))
+    assert line == message, line
+    assert not (tmp_path / "ckpt").exists()
+
+
 @pytest.fixture(scope="module")
 def demo_copy(demo_dir, tmp_path_factory) -> Path:
     """conftest's demo data with line 5 cut short (one bad record), for the skip run."""
@@ -722,15 +735,17 @@ def test_static_scan_allows(snippet):
 
 # --------------------------------------------------------------------------- checkpoints
 
-@pytest.mark.parametrize("flag,value", [("--hidden_units", "32"), ("--num_blocks", "2"),
-                                        ("--maxlen", "30"), ("--num_heads", "2")])
+@pytest.mark.parametrize("flag,value", [("--hidden_units", 32), ("--num_blocks", 2),
+                                        ("--maxlen", 30), ("--num_heads", 2),
+                                        ("--positions", "from_start")])
 def test_checkpoint_of_another_configuration(trained, tmp_path, flag, value):
-    argv = [*trained["argv"], "--resume", "--num_epochs", "2", flag, value]
+    """--positions changes no shape: only the saved flags can tell the weights do not fit."""
+    argv = [*trained["argv"], "--resume", "--num_epochs", "2", flag, str(value)]
     with pytest.raises(checkpoint.CheckpointError) as e:
         run_main(argv)
     saved = json.loads((trained["ckpt"] / "config.json").read_text())["args"][flag[2:]]
     assert str(e.value) == (f"{trained['ckpt']}: made with {flag} {saved!r}, this run has "
-                            f"{flag} {int(value)!r}; pass the same value or another checkpoint")
+                            f"{flag} {value!r}; pass the same value or another checkpoint")
 
 
 def test_state_dict_path_of_another_configuration(trained, tmp_path):

@@ -4,7 +4,7 @@
   the keep mask's rate, the exact 1 / (1 - p) scaling, and the output's expectation;
 - BaseModel.forward == a straightforward per-token forward written here from the model's own
   submodules (itemdnn per token for seq/pos/neg, userdnn on every slot: the baseline's
-  feat2emb), for post-LN and pre-LN, both attention impls;
+  feat2emb), for post-LN and pre-LN, both attention impls, both position modes, sum fusion;
 - `_item_lookup`'s whole-catalogue pass == the per-token pass (values and gradients);
 - sparse (SparseAdam) and dense (Adam) embeddings: same first loss, same parameters after a step;
 - bf16 autocast runs and stays close to fp32; bench.step_flops == torch's FLOP counter;
@@ -130,9 +130,14 @@ def demo_data(demo_dir, tmp_path_factory):
 
 
 def _model(data, *extra: str, seed: int = 0) -> BaseModel:
+    """The model the flags describe. With --feature_fusion sum, the schema leaves out the
+    continual features (sum fusion cannot take scalars; the data's other features stay)."""
     args = _args(*extra)
     main.set_seed(seed)
-    return main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
+    schema = data.schema.to_dict()
+    if args.feature_fusion == "sum":
+        schema = {**schema, "item_continual": [], "user_continual": []}
+    return main.build_model(args, schema, main.feature_tensors(data),
                             data.itemnum, data.usernum)
 
 
@@ -150,6 +155,14 @@ def _assert_close_to_scale(got: torch.Tensor, want: torch.Tensor, rel: float, na
     assert err <= rel * max(scale, 1e-12), f"{name}: max error {err:.3g}, scale {scale:.3g}"
 
 
+def _reference_fuse(f, parts, dnn, relu):
+    """The baseline's Linear (+ ReLU) over the concatenated parts, or with "sum" fusion their sum."""
+    if f.fusion == "sum":
+        return sum(parts)
+    out = dnn(torch.cat(parts, -1))
+    return torch.relu(out) if relu else out
+
+
 def _reference_items(f, ids, relu=True):
     """The item part of every id, each token through itemdnn on its own features."""
     s = f.schema
@@ -159,8 +172,7 @@ def _reference_items(f, ids, relu=True):
               for j, fid in enumerate(s["item_array"])]
     parts += [f.emb_transform[fid](getattr(f, f"mm_{fid}")[ids]) for fid in s["mm_dims"]]
     parts += [f.item_continual[ids]] if s["item_continual"] else []
-    out = f.itemdnn(torch.cat(parts, -1))
-    return torch.relu(out) if relu else out
+    return _reference_fuse(f, parts, getattr(f, "itemdnn", None), relu)
 
 
 def _reference_users(f, ids, relu=True):
@@ -170,8 +182,21 @@ def _reference_users(f, ids, relu=True):
     parts += [f.sparse_emb[fid](f.user_array[ids, j]).sum(-2)
               for j, fid in enumerate(s["user_array"])]
     parts += [f.user_continual[ids]] if s["user_continual"] else []
-    out = f.userdnn(torch.cat(parts, -1))
-    return torch.relu(out) if relu else out
+    return _reference_fuse(f, parts, getattr(f, "userdnn", None), relu)
+
+
+def _reference_positions(model, seq):
+    """Position ids slot by slot: the slot number ("slot"), or the count of real tokens up to
+    and including this one ("from_start"); 0 on padding."""
+    b, n = seq.shape
+    out = torch.zeros(b, n, dtype=torch.long)
+    for r in range(b):
+        count = 0
+        for i in range(n):
+            if seq[r, i] != 0:
+                count += 1
+                out[r, i] = i + 1 if model.positions == "slot" else count
+    return out
 
 
 def _reference_forward(model, seq, token_type, pos, neg, relu=True):
@@ -182,7 +207,7 @@ def _reference_forward(model, seq, token_type, pos, neg, relu=True):
     user_ids = torch.where(token_type == TOKEN_PROFILE, seq, 0)
     x = (_reference_items(f, item_ids, relu) + _reference_users(f, user_ids, relu)) \
         * model.hidden ** 0.5
-    x = x + model.pos_emb(torch.arange(1, n + 1) * (seq != 0))
+    x = x + model.pos_emb(_reference_positions(model, seq))
     allowed = torch.zeros(b, 1, n, n, dtype=torch.bool)
     for r in range(b):
         for i in range(n):
@@ -214,7 +239,8 @@ def _reference_forward(model, seq, token_type, pos, neg, relu=True):
 
 
 @pytest.mark.parametrize("extra", [(), ("--norm_first",), ("--attention_impl", "sdpa"),
-                                   ("--no-dnn_relu",)])
+                                   ("--no-dnn_relu",), ("--positions", "from_start"),
+                                   ("--feature_fusion", "sum", "--init", "normal")])
 def test_forward_equals_per_token_reference(demo_data, extra):
     data, split = demo_data
     model = _model(data, *extra).eval()
@@ -229,7 +255,7 @@ def test_forward_equals_per_token_reference(demo_data, extra):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
     items = model.features.items(torch.arange(1, data.itemnum + 1))
     # the baseline's ReLU keeps item vectors non-negative; without it they take both signs
-    assert (items.min() < 0) == ("--no-dnn_relu" in extra)
+    assert (items.min() < 0) == ("--no-dnn_relu" in extra or "sum" in extra)
 
 
 def test_item_lookup_whole_catalogue_equals_per_token(demo_data):
@@ -314,7 +340,7 @@ def test_bf16_autocast_forward_is_close_to_fp32(demo_data):
 
 
 @pytest.mark.parametrize("extra", [(), ("--sparse_embeddings",), ("--attention_impl", "sdpa"),
-                                   ("--attention_impl", "fast_full")])
+                                   ("--attention_impl", "fast_full"), ("--feature_fusion", "sum")])
 def test_step_flops_matches_torch_flop_counter(demo_data, extra):
     """bench.step_flops against torch's counter of the matrix products a step executes. The
     counter sees no dot-product logits (elementwise), and no input gradient where the input
