@@ -155,11 +155,11 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
     batch, counted as the model executes them; backward = 2 x forward, so step = 3 x forward.
 
     Counted (2 FLOPs per multiply-add), B = batch_size, L = seq_len, D = hidden:
-    - item part (`_item_lookup`): itemdnn (none with "sum" fusion) on R rows, R = the whole catalogue (I + 1) when the
-      dense path runs it once per step, else 3 B L (seq, pos, neg per token); emb_transform of
-      each multimodal feature on the same R rows;
-    - user part: userdnn (none with "sum" fusion) on B + 1 rows (the profile slot of each row plus the shared padding
-      user, see FeatureEmbedder.tokens);
+    - item part (`_item_lookup`): itemdnn (none with "sum" fusion) on R rows, R = the whole
+      catalogue (I + 1) when the dense path runs it once per step, else 3 B L (seq, pos, neg per
+      token); emb_transform of each multimodal feature on the same R rows;
+    - user part: userdnn (none with "sum" fusion) on B + 1 rows (the profile slot of each row
+      plus the shared padding user, see FeatureEmbedder.tokens);
     - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV
       over the score entries computed (2 x 2 B S D): S = L^2 for sdpa (padding and the causal
       upper half are computed, then masked), S = L^2 less the top-right (L/2)^2 quarter for the

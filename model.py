@@ -7,6 +7,10 @@ LayerNorm. Different in one way that changes no number: the baseline turned per-
 dicts into tensors inside forward; here every feature is a row of a table (a registered buffer)
 gathered by id, so forward is pure tensor work.
 
+Options, off by default (README "Why the ML-1M baseline lands below ..."): feature_fusion "sum"
+(no itemdnn/userdnn: an item is the sum of its embeddings), init "normal" (N(0, 0.02), zero
+biases) and positions "from_start" (counted from the oldest token instead of by slot).
+
 Takes explicit hyperparameters and tensors only; the device comes from the inputs.
 """
 from __future__ import annotations
