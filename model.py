@@ -209,19 +209,20 @@ class FeatureEmbedder(nn.Module):
 
     def items(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector."""
-        return self._fuse(self._side("item", ids, self.item_emb), getattr(self, "itemdnn", None))
+        return self._fuse(self._side("item", ids, self.item_emb), "itemdnn")
 
     def users(self, ids: Tensor) -> Tensor:
         """User ids (...) -> user part (..., D)."""
-        return self._fuse(self._side("user", ids, self.user_emb), getattr(self, "userdnn", None))
+        return self._fuse(self._side("user", ids, self.user_emb), "userdnn")
 
-    def _fuse(self, parts: list[Tensor], dnn: nn.Linear | None) -> Tensor:
+    def _fuse(self, parts: list[Tensor], dnn_name: str) -> Tensor:
         """The baseline's "dnn": a Linear (+ ReLU) over the concatenated parts. "sum": the parts'
         sum, so on id-only data an item is its id embedding alone, as in the SASRec paper, and
-        padding (all parts 0) embeds to exactly 0 instead of the Linear's bias."""
-        if dnn is None:
-            return torch.stack(parts).sum(0)
-        return self.activation(dnn(torch.cat(parts, -1)))
+        padding (all parts 0) embeds to exactly 0 instead of the Linear's bias. The sum adds
+        part by part: no stacked copy, and a single part is returned as it is."""
+        if self.fusion == "sum":
+            return sum(parts[1:], parts[0])
+        return self.activation(getattr(self, dnn_name)(torch.cat(parts, -1)))
 
     def tokens(self, seq: Tensor, token_type: Tensor, item_part: Tensor | None = None) -> Tensor:
         """seq, token_type (B, L) -> (B, L, D): item part + user part, as the baseline.
