@@ -104,3 +104,41 @@ def check_compatible(saved_args: dict, args: dict, path) -> None:
 
 def _norm(value):
     return list(value) if isinstance(value, tuple) else value
+
+
+def _recorded_order(path: Path) -> tuple:
+    """(epoch, global_step) a checkpoint folder records in config.json; its name when unreadable."""
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        return (0, int(config["epoch"]), int(config["global_step"]), path.name)
+    except (OSError, ValueError, KeyError, TypeError):
+        return (-1, 0, 0, path.name)
+
+
+def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Every complete checkpoint folder in ckpt_dir, oldest first (by recorded epoch and step)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    done = [p for p in ckpt_dir.iterdir()
+            if p.is_dir() and p.name.startswith("epoch") and (p / CONFIG).exists()
+            and (p / WEIGHTS).exists()]
+    return sorted(done, key=_recorded_order)
+
+
+def prune_checkpoints(ckpt_dir: str | Path, keep_last: int, keep: tuple[str, ...] = ()) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints and those named in `keep` (folder names,
+    e.g. the best one); keep_last 0 keeps everything. Returns the deleted folders.
+
+    The newest is never deleted, so `--resume` always finds the checkpoint it would have found."""
+    if keep_last <= 0:
+        return []
+    done = complete_checkpoints(ckpt_dir)
+    old = [p for p in done[:-keep_last] if p.name not in set(keep)]
+    for p in old:
+        # rename first: a crash mid-delete leaves a hidden folder, never a half checkpoint that
+        # a resume could pick
+        hidden = p.with_name(".tmp-deleting-" + p.name)
+        os.replace(p, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+    return old

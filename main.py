@@ -25,10 +25,13 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import distributed as dist
+import run_folders
+import run_summary
+import tb_meta
 from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
     random_user_split, training_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
-from evaluate import evaluate, format_table
+from evaluate import evaluate
 from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
                    ModelConfigError)
 from optim import BETAS, build_optimizer
@@ -45,6 +48,14 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C; `hint` is the command line that continues the run."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
 
 
 # --------------------------------------------------------------------------- flags
@@ -64,13 +75,16 @@ def _data_flags(g) -> None:
     g.add_argument("--data_dir", default=os.environ.get(ENV_DEFAULTS["data_dir"]),
                    help="V1 data directory (env TRAIN_DATA_PATH); none: the built-in demo dataset")
     g.add_argument("--log_dir", default=os.environ.get(ENV_DEFAULTS["log_dir"]),
-                   help="train.log, args.json, metrics.json (env TRAIN_LOG_PATH; default runs/<run_name>/log)")
+                   help="train.log, args.json, metrics.json, summary.json (env TRAIN_LOG_PATH; "
+                        "default runs/<run_name>/log)")
     g.add_argument("--tb_dir", default=os.environ.get(ENV_DEFAULTS["tb_dir"]),
-                   help="TensorBoard event files (env TRAIN_TF_EVENTS_PATH; default runs/<run_name>/tb)")
+                   help="TensorBoard event files (env TRAIN_TF_EVENTS_PATH; default runs/<run_name>, "
+                        "so `tensorboard --logdir runs` names each run after its run name)")
     g.add_argument("--ckpt_dir", default=os.environ.get(ENV_DEFAULTS["ckpt_dir"]),
                    help="checkpoint folders (env TRAIN_CKPT_PATH; default runs/<run_name>/ckpt)")
-    g.add_argument("--run_name", default=time.strftime("%Y%m%d-%H%M%S"),
-                   help="name of the run folder under runs/ used for unset folders")
+    g.add_argument("--run_name", default=None,
+                   help="run folder under runs/ for the folders not given (default: <data folder "
+                        "name>-<date>-<time>; with --resume: the most recent unfinished run)")
     g.add_argument("--cache_dir", default=None,
                    help="where the parsed data is cached (default: <data_dir>/.cache)")
     g.add_argument("--mm_emb_id", nargs="+", default=None,
@@ -130,7 +144,11 @@ def _training_flags(g) -> None:
     g.add_argument("--log_every", type=int, default=20, help="steps between Loss/train points")
     g.add_argument("--state_dict_path", default=None,
                    help="checkpoint folder or model.pt: resume training, or serve --inference_only")
-    g.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in --ckpt_dir")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --ckpt_dir; without --run_name and "
+                        "folders: continue the most recent unfinished run under runs/ with its flags")
+    g.add_argument("--keep_checkpoints", type=int, default=3,
+                   help="keep the newest N epoch checkpoints (and always the best one); 0: keep all")
     g.add_argument("--inference_only", action="store_true",
                    help="no training: evaluate the --state_dict_path checkpoint and exit")
 
@@ -148,9 +166,10 @@ def _sampling_flags(g) -> None:
 
 
 def _evaluation_flags(g) -> None:
-    g.add_argument("--eval_protocol", choices=SPLITS, default="random_user",
+    g.add_argument("--eval_protocol", choices=SPLITS, default=None,
                    help="random_user: the baseline's 90/10 user split with validation loss; "
-                        "leave_one_out: ranking metrics on each user's last items")
+                        "leave_one_out: ranking metrics on each user's last items (default: "
+                        "random_user with --data_dir, as the baseline; leave_one_out on the demo data)")
     g.add_argument("--eval_every", type=int, default=1, help="epochs between validation rankings")
     g.add_argument("--patience", type=int, default=0,
                    help="stop after this many rankings without a better valid NDCG@10 (0: never)")
@@ -165,6 +184,9 @@ def _evaluation_flags(g) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.resume and args.run_name is None and args.state_dict_path is None and not any(
+            getattr(args, name) for name in ("log_dir", "tb_dir", "ckpt_dir")):
+        args = _resume_latest_run(parser, argv, args)
     if len(set(args.similarity_types)) != len(args.similarity_types):
         parser.error(f"--similarity_types has a duplicate: {args.similarity_types}")
     if not 0.0 <= args.popular_ratio <= 1.0:
@@ -176,16 +198,46 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "it cannot be combined with --sparse_embeddings")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
+    if args.keep_checkpoints < 0:
+        parser.error(f"--keep_checkpoints must be >= 0 (0 keeps all), got {args.keep_checkpoints}")
+    if args.eval_protocol is None:  # the demo shows ranking metrics; real data: the baseline's
+        args.eval_protocol = "random_user" if args.data_dir else "leave_one_out"
+    if args.run_name is None:
+        args.run_name = run_folders.default_run_name(args.data_dir)
     for name in ("log_dir", "tb_dir", "ckpt_dir"):
         if getattr(args, name) is None:
-            setattr(args, name, str(Path("runs") / args.run_name / name.split("_")[0]))
+            setattr(args, name, run_folders.default_dir(args.run_name, name))
     return args
+
+
+def _resume_latest_run(parser, argv, args) -> argparse.Namespace:
+    """`--resume` alone: the most recent unfinished run under runs/, with the flags it was
+    started with (flags given now still win)."""
+    name = run_folders.latest_unfinished_run()
+    if name is None:
+        return args  # nothing to continue: a fresh run (restore() says so)
+    saved = run_folders.saved_args(name)
+    known = {a.dest for a in parser._actions}
+    parser.set_defaults(**{k: v for k, v in saved.items()
+                           if k in known and k not in ("resume", "state_dict_path", "inference_only")})
+    parser.set_defaults(run_name=name)
+    return parser.parse_args(argv)
 
 
 # --------------------------------------------------------------------------- setup
 
+class TqdmHandler(logging.StreamHandler):
+    """Log lines printed above the progress bar (tqdm.write) instead of glued onto it."""
+
+    def emit(self, record):
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging's contract: a failing handler must not kill the run
+            self.handleError(record)
+
+
 def setup_logging(log_dir: str, rank: int) -> None:
-    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers = [TqdmHandler(sys.stderr)]
     if rank == 0:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(log_dir) / "train.log"))
@@ -214,6 +266,10 @@ def load_data(args):
     data_dir = args.data_dir
     if data_dir is None:
         data_dir = ensure_demo_data(args)
+    elif not Path(data_dir).is_dir():
+        raise DataError(f"--data_dir {data_dir}: the folder does not exist"
+                        + ("" if Path(data_dir).parent.is_dir()
+                           else f" (nor its parent {Path(data_dir).parent})"))
     return load_dataset(data_dir, args.cache_dir, args.mm_emb_id, args.on_bad_record)
 
 
@@ -315,6 +371,8 @@ class RunState:
     def __init__(self):
         self.epoch, self.global_step = 0, 0
         self.best_ndcg, self.best_epoch, self.best_path, self.stale = -1.0, 0, None, 0
+        # what chose best_path: valid NDCG@10 when rankings exist, else the lowest valid loss
+        self.best_by, self.best_value = None, None
         self.valid_loss, self.history = None, []
 
     def to_dict(self) -> dict:
@@ -487,15 +545,31 @@ def track_best(state, metrics, path, patience: int) -> bool:
         # by folder name: a run folder that moved before a resume still finds its best
         state.best_ndcg, state.best_epoch, state.best_path, state.stale = \
             metrics["NDCG@10"], state.epoch, path.name, 0
+        state.best_by, state.best_value = "valid NDCG@10", metrics["NDCG@10"]
     else:
         state.stale += 1
     return 0 < patience <= state.stale
 
 
+def track_best_loss(state, path) -> None:
+    """Without rankings (random_user): the best checkpoint is the one of the lowest valid loss."""
+    if state.best_value is None or state.valid_loss < state.best_value:
+        state.best_epoch, state.best_path = state.epoch, path.name
+        state.best_by, state.best_value = "valid loss", state.valid_loss
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    try:
+        return run_training(args)
+    except KeyboardInterrupt:
+        raise Interrupted(continue_hint(args, argv)) from None
+
+
+def run_training(args) -> dict:
     rank, world, local_rank = dist.setup()
     setup_logging(args.log_dir, rank)
     set_seed(args.seed)
@@ -513,6 +587,7 @@ def main(argv=None) -> dict:
     writer = SummaryWriter(args.tb_dir) if dist.is_main() else dist.NullWriter()
     if dist.is_main():
         Path(args.log_dir, "args.json").write_text(json.dumps(vars(args), indent=2))
+        describe_run(writer, args, fresh=state.global_step == 0)
     try:
         if args.inference_only:
             return finish(model, data, split, args, device, amp_dtype, state, writer, train=False)
@@ -559,27 +634,73 @@ def end_epoch(model, optimizer, sampler, data, split, args, device, amp_dtype, s
                           **({"valid_NDCG@10": metrics["NDCG@10"]} if metrics else {})})
     name = ckpt.checkpoint_name(state.epoch, state.global_step)
     stop = track_best(state, metrics, Path(args.ckpt_dir) / name, args.patience)
+    if not isinstance(split.valid, Queries):
+        track_best_loss(state, Path(args.ckpt_dir) / name)
     save(args, model, optimizer, sampler, state, metrics, data)
+    ckpt.prune_checkpoints(args.ckpt_dir, args.keep_checkpoints,
+                           keep=(state.best_path,) if state.best_path else ())
     return stop
 
 
 def finish(model, data, split, args, device, amp_dtype, state, writer, train: bool) -> dict:
-    """Final results; with leave_one_out, TEST metrics of the best checkpoint -> metrics.json."""
+    """Final results; with leave_one_out, TEST metrics of the best checkpoint -> metrics.json;
+    then the end-of-run summary."""
     result = {"epoch": state.epoch, "global_step": state.global_step,
               "valid_loss": state.valid_loss}
-    if not dist.is_main() or split.test is None:
+    if not dist.is_main():
         return result
+    results = None
+    if split.test is not None:
+        results = final_test(model, data, split, args, device, amp_dtype, state, train)
+        writer.add_scalar("Test/HR@10", results["test"]["HR@10"], state.global_step)
+        writer.add_scalar("Test/NDCG@10", results["test"]["NDCG@10"], state.global_step)
+        out = {**results, "best_epoch": state.best_epoch,
+               "best_checkpoint": str(Path(args.ckpt_dir) / state.best_path) if state.best_path else None,
+               "history": state.history}
+        _write_json_atomically(Path(args.log_dir) / "metrics.json", out)
+        result = {**result, **out}
+    tb_meta.write_hparams_end(writer)
+    report_end(args, state, results)
+    return result
+
+
+def final_test(model, data, split, args, device, amp_dtype, state, train: bool) -> dict:
+    """{"valid": metrics, "test": metrics} of the best checkpoint (of the loaded one when not
+    training)."""
     if train and state.best_path:
         best = Path(args.ckpt_dir) / Path(state.best_path).name
         dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best)["model"])
-    results = {"valid": run_evaluation(model, data, split.valid, args, device, amp_dtype),
-               "test": run_evaluation(model, data, split.test, args, device, amp_dtype)}
-    print(format_table(results))
-    out = {**results, "best_epoch": state.best_epoch,
-           "best_checkpoint": str(Path(args.ckpt_dir) / state.best_path) if state.best_path else None,
-           "history": state.history}
-    _write_json_atomically(Path(args.log_dir) / "metrics.json", out)
-    return {**result, **out}
+    return {"valid": run_evaluation(model, data, split.valid, args, device, amp_dtype),
+            "test": run_evaluation(model, data, split.test, args, device, amp_dtype)}
+
+
+def describe_run(writer, args, fresh: bool) -> None:
+    """HParams entry of this run (its flags; metrics filled as they are logged) and, at a
+    fresh start, the legend of its TensorBoard tags."""
+    tb_meta.write_hparams_start(writer, args)
+    if fresh:
+        writer.add_text("Legend", tb_meta.legend(args), 0)
+
+
+def report_end(args, state, results: dict | None) -> dict:
+    """Print the end-of-run summary, append it to train.log, write summary.json."""
+    logdir = run_folders.tensorboard_logdir(args.tb_dir, args.run_name)
+    info = run_summary.summary_info(args, state, results, logdir)
+    text = run_summary.summary_text(info, args.eval_protocol)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    print(text, flush=True)
+    run_summary.write_summary(info, text)
+    return info
+
+
+def continue_hint(args, argv: list[str]) -> str:
+    """What to type to continue this run (printed when it is interrupted)."""
+    has_checkpoint = ckpt.latest_checkpoint(args.ckpt_dir) is not None
+    command = run_folders.continue_command(argv, args.run_name, has_checkpoint)
+    if has_checkpoint:
+        return f"continue this run with: {command}"
+    return f"no checkpoint of this run yet; start it again with: {command}"
 
 
 def _write_json_atomically(path: Path, obj) -> None:
@@ -595,8 +716,9 @@ def cli() -> int:
     except (DataError, ModelConfigError, ckpt.CheckpointError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: resume with --resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        hint = getattr(e, "hint", "run the same command again")
+        print(f"interrupted: {hint}", file=sys.stderr)
         return 130
 
 
