@@ -677,7 +677,8 @@ def final_test(model, data, split, args, device, amp_dtype, state, train: bool) 
 def describe_run(writer, args, fresh: bool) -> None:
     """HParams entry of this run (its flags; metrics filled as they are logged) and, at a
     fresh start, the legend of its TensorBoard tags."""
-    tb_meta.write_hparams_start(writer, args)
+    defaults = {a.dest: a.default for a in build_parser()._actions if a.dest != "help"}
+    tb_meta.write_hparams_start(writer, args, defaults)
     if fresh:
         writer.add_text("Legend", tb_meta.legend(args), 0)
 

@@ -6,7 +6,8 @@ The HParams entry is written into the run's own event folder (not a sub-run as
 `SummaryWriter.add_hparams` does), and its metrics point at scalar tags the run writes anyway
 (`Loss/valid`, `Metrics/valid_*`) plus two test scalars, so it adds no one-point cards to the
 scalar views beyond `Test/HR@10` and `Test/NDCG@10`. HParams columns marked `differs` are the ones
-TensorBoard shows before the user picks columns: the option flags, the seed and the loss.
+TensorBoard shows before the user picks columns: the flags changed from their defaults, the
+seed, the loss configuration, the data and the evaluation protocol.
 """
 from __future__ import annotations
 
@@ -17,17 +18,24 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-# Shown by default in the HParams table: what tells runs of one study apart. Loss keys come from
-# the objectives work (--loss and friends); a run without them records "none".
-SHOWN = ("seed", "eval_protocol", "loss", "num_negatives", "negatives", "logq_correction", "tau",
-         "gbce_t", "use_adaptive_similarity", "similarity_types", "use_smart_sampling",
-         "popularity_source", "popular_ratio", "popular_ratio_schedule", "feature_fusion", "init",
-         "positions", "norm_first", "dnn_relu")
-# Recorded but hidden until picked: the rest of the model and training configuration.
-OTHER = ("data", "maxlen", "hidden_units", "num_blocks", "num_heads", "dropout_rate", "batch_size",
-         "lr", "adam_betas", "num_epochs", "l2_emb", "amp", "sparse_embeddings", "attention_impl",
-         "popularity_factor", "curriculum_epochs", "eval_every", "patience", "eval_sampled",
-         "eval_filter_seen", "mm_emb_id")
+# TensorBoard's HParams table shows five columns until the user picks others: those marked
+# `differs`, in name order. These five tell runs apart: `options` is every flag set away from its
+# default, `loss` the objective with its settings.
+SHOWN = ("data", "eval_protocol", "loss", "options", "seed")
+# The objective's flags (the objectives work adds them; a run without them trains with BCE).
+LOSS_KEYS = ("loss", "num_negatives", "negatives", "logq_correction", "tau", "gbce_t")
+# Recorded one by one as well (hidden until picked): the option flags and the configuration.
+OTHER = ("use_adaptive_similarity", "similarity_types", "use_smart_sampling", "popularity_source",
+         "popular_ratio", "popularity_factor", "popular_ratio_schedule", "curriculum_epochs",
+         "feature_fusion", "init", "positions", "norm_first", "dnn_relu", "maxlen", "hidden_units",
+         "num_blocks", "num_heads", "dropout_rate", "batch_size", "lr", "adam_betas", "num_epochs",
+         "l2_emb", "amp", "sparse_embeddings", "attention_impl", "eval_every", "patience",
+         "eval_sampled", "eval_filter_seen", "mm_emb_id")
+# Flags that place files or steer the process, not what is learned: never in `options`.
+PLUMBING = ("data_dir", "log_dir", "tb_dir", "ckpt_dir", "run_name", "cache_dir", "device",
+            "log_every", "state_dict_path", "resume", "inference_only", "keep_checkpoints",
+            "eval_batch_size", "demo_users", "demo_items", "on_bad_record", "seed",
+            "eval_protocol", *LOSS_KEYS)
 # (tag, what the column says); valid metrics are the last ranking's, test those of the best
 # checkpoint.
 METRICS = (("Test/NDCG@10", "test NDCG@10 of the best checkpoint"),
@@ -37,15 +45,45 @@ METRICS = (("Test/NDCG@10", "test NDCG@10 of the best checkpoint"),
            ("Loss/valid", "validation loss (last epoch)"))
 
 
-def hparam_values(args) -> dict[str, object]:
-    """{name: bool | float | str} of the flags in SHOWN and OTHER; lists joined, None -> 'none'."""
-    values = {}
-    for key in SHOWN + OTHER:
-        value = _data_name(args) if key == "data" else getattr(args, key, None)
-        if isinstance(value, (list, tuple)):
-            value = " ".join(map(str, value))
-        values[key] = "none" if value is None else value
-    return values
+def hparam_values(args, defaults: dict) -> dict[str, object]:
+    """{name: bool | float | str}: SHOWN then OTHER; lists joined, None -> 'none'.
+    defaults: {dest: default} of the parser, to tell which flags a run changed."""
+    values = {"data": _data_name(args), "eval_protocol": args.eval_protocol,
+              "loss": loss_description(args), "options": changed_flags(args, defaults),
+              "seed": args.seed}
+    for key in OTHER:
+        value = getattr(args, key, None)
+        values[key] = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return {k: "none" if v is None else v for k, v in values.items()}
+
+
+def loss_description(args) -> str:
+    """'bce' (the baseline) or e.g. 'sampled_softmax num_negatives=1024 tau=0.05'."""
+    loss = getattr(args, "loss", None) or "bce"
+    rest = [f"{k}={_flag_value(getattr(args, k))}" for k in LOSS_KEYS[1:] if hasattr(args, k)]
+    return " ".join([loss, *rest])
+
+
+def changed_flags(args, defaults: dict) -> str:
+    """The flags this run sets away from their defaults, as on a command line; 'defaults'."""
+    parts = []
+    for key, default in defaults.items():
+        value = getattr(args, key, default)
+        if key in PLUMBING or _norm(value) == _norm(default):
+            continue
+        if isinstance(value, bool):
+            parts.append(f"--{key}" if value else f"--no-{key}")
+        else:
+            parts.append(f"--{key} {_flag_value(value)}")
+    return " ".join(parts) or "defaults"
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _flag_value(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _data_name(args) -> str:
@@ -53,9 +91,9 @@ def _data_name(args) -> str:
     return str(data_dir) if data_dir else f"demo_u{args.demo_users}_i{args.demo_items}"
 
 
-def write_hparams_start(writer, args) -> None:
+def write_hparams_start(writer, args, defaults: dict) -> None:
     """The experiment (columns) and this run's session start (its values), at run start."""
-    values = hparam_values(args)
+    values = hparam_values(args, defaults)
     infos = [api_pb2.HParamInfo(name=k, type=_type(v), differs=k in SHOWN)
              for k, v in values.items()]
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag,
