@@ -156,16 +156,23 @@ def legend(args) -> str:
 
 
 def _similarity_rows(args) -> list[tuple[str, str]]:
+    """Rows for the adaptive similarity's scalars: only the chosen types' weights exist."""
     if not args.use_adaptive_similarity:
         return []
     types = set(args.similarity_types)
+    collinear = {"dot", "scaled"} <= types
+    text = {"dot": ("alpha", "weight of the dot product"),
+            "cosine": ("beta", "weight of the cosine (bounded in [-1, 1]: moves a logit by at most "
+                               "temperature x beta)"),
+            "scaled": ("gamma", "weight of the dot product / sqrt(D)"),
+            "bilinear": ("delta", "weight of q^T W v (W starts at the identity: at first another "
+                                  "copy of the dot product)")}
     rows = [("Similarity/temperature", "multiplies the whole score: only products such as "
                                        "temperature x alpha are meaningful")]
-    if {"dot", "scaled"} <= types:
-        rows.append(("Similarity/alpha, gamma", "weights of the dot product and of the scaled "
-                                                "dot product: collinear, only alpha + gamma / "
-                                                "sqrt(D) matters"))
-    names = {"dot": "alpha", "cosine": "beta", "scaled": "gamma", "bilinear": "delta"}
-    for t in sorted(types):
-        rows.append((f"Similarity/{names[t]}", f"weight of the {t} similarity"))
+    for t in ("dot", "cosine", "scaled", "bilinear"):
+        if t in types:
+            name, meaning = text[t]
+            if collinear and t in ("dot", "scaled"):
+                meaning += "; collinear with the other: only alpha + gamma / sqrt(D) matters"
+            rows.append((f"Similarity/{name}", meaning))
     return rows

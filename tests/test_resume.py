@@ -88,6 +88,7 @@ def _argv(cache: Path, base: Path) -> list[str]:
     return ["--demo_users", str(USERS), "--demo_items", str(ITEMS), "--maxlen", "20",
             "--hidden_units", "16", "--batch_size", str(BATCH), "--num_epochs", str(EPOCHS),
             "--eval_protocol", "leave_one_out", "--seed", "7", "--device", "cpu",
+            "--keep_checkpoints", "0",  # every epoch kept: the test compares them all
             "--cache_dir", str(cache), "--log_dir", str(base / "logs"),
             "--tb_dir", str(base / "tb"), "--ckpt_dir", str(base / "ckpt")]
 
