@@ -54,6 +54,7 @@ def test_two_ranks_train_one_epoch_in_step(tmp_path):
     argv = ["--demo_users", str(USERS), "--demo_items", str(ITEMS), "--maxlen", "10",
             "--hidden_units", "8", "--batch_size", str(BATCH), "--num_epochs", "1",
             "--device", "cpu", "--cache_dir", str(tmp_path / "cache"),
+            "--eval_protocol", "random_user",  # the 90/10 split STEPS counts (the demo ranks)
             "--log_dir", str(tmp_path / "logs"), "--tb_dir", str(tmp_path / "tb"),
             "--ckpt_dir", str(tmp_path / "ckpt")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
