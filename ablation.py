@@ -10,7 +10,8 @@ folders and one shared parse cache:
     OUT/study.json                       configurations, seeds, data, training flags, wall-clock
     OUT/cache/                           --cache_dir of every run (and the demo data, if no data)
     OUT/runs/<config>/seed<k>/{log,tb,ckpt}/, output.log (the run's stdout+stderr), run.json
-    OUT/hparams/<config>_seed<k>/        TensorBoard HParams entry per finished run
+    (each run's tb/ holds its own TensorBoard HParams entry: `tensorboard --logdir OUT` lists
+     the runs as runs/<config>/seed<k>/tb, with their flags, seed and metrics)
     OUT/results.md, OUT/results.csv      mean ± std over seeds, difference with the baseline
 
 A run whose log/metrics.json exists is finished and skipped; one with checkpoints but no
@@ -28,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -67,11 +67,6 @@ RESERVED = ("data_dir", "seed", "log_dir", "tb_dir", "ckpt_dir", "cache_dir", "e
 REPORTED = ("HR@10", "NDCG@10", "MRR", "AUC", "score", "seconds_per_epoch", "best_epoch")
 COMPARED = ("NDCG@10", "HR@10")
 VERDICT_NONE = "no measurable difference"  # evaluation.md's wording, printed verbatim
-# args.json keys shown as HParams (with config and seed); the rest are folders and plumbing.
-HPARAM_KEYS = ("use_adaptive_similarity", "similarity_types", "use_smart_sampling",
-               "popularity_source", "popular_ratio", "popularity_factor", "popular_ratio_schedule",
-               "curriculum_epochs", "maxlen", "hidden_units", "num_blocks", "num_heads",
-               "dropout_rate", "lr", "batch_size", "num_epochs", "patience", "eval_every")
 
 
 class StudyError(Exception):
@@ -95,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once; each gets OMP_NUM_THREADS = cores // jobs unless it is set")
     p.add_argument("--report_only", action="store_true",
-                   help="train nothing: rewrite results.md/csv and HParams from the finished runs")
+                   help="train nothing: rewrite results.md/csv from the finished runs")
     return p
 
 
@@ -516,41 +511,12 @@ def configs_section(study: dict, rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_hparams(out: Path, runs: list[Run], configs: list[str]) -> None:
-    """One HParams entry per finished run, regenerated from the runs each time (idempotent)."""
-    from torch.utils.tensorboard import SummaryWriter
-    root = out / "hparams"
-    shutil.rmtree(root, ignore_errors=True)
-    with SummaryWriter(log_dir=str(root)) as writer:
-        for run in runs:
-            s = summarize_run(run)
-            if s is None:
-                continue
-            saved = json.loads((run.dir / "log" / "args.json").read_text())
-            hparams = {"config": run.config, "seed": run.seed,
-                       **{k: _hparam_value(saved.get(k)) for k in HPARAM_KEYS}}
-            metrics = {f"hparam/test_{k}": s[k] for k in ("NDCG@10", "HR@10", "MRR", "AUC", "score")}
-            metrics.update({"hparam/valid_NDCG@10": s["valid_NDCG10"],
-                            "hparam/best_epoch": s["best_epoch"],
-                            "hparam/seconds_per_epoch": s["seconds_per_epoch"]})
-            writer.add_hparams(hparams, metrics, hparam_domain_discrete={"config": configs},
-                               run_name=run.name)
-
-
-def _hparam_value(value):
-    """HParams take bool/int/float/str only."""
-    if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value))
-    return "none" if value is None else value
-
-
 def report(out: Path, study: dict, configs: list[str], failed: list[str] = ()) -> list[dict]:
     runs = plan_runs(out, configs, study["seeds"])
     rows = aggregate(runs, configs, study["seeds"])
     write_csv(out / "results.csv", rows)
     (out / "results.md").write_text(results_markdown(study, rows, runs, list(failed), out))
-    write_hparams(out, runs, configs)
-    log.info("wrote %s, %s and %s", out / "results.md", out / "results.csv", out / "hparams")
+    log.info("wrote %s and %s", out / "results.md", out / "results.csv")
     return rows
 
 

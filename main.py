@@ -184,9 +184,8 @@ def _evaluation_flags(g) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.resume and args.run_name is None and args.state_dict_path is None and not any(
-            getattr(args, name) for name in ("log_dir", "tb_dir", "ckpt_dir")):
-        args = _resume_latest_run(parser, argv, args)
+    if args.resume and args.state_dict_path is None:
+        args = _resume_defaults(parser, argv, args)
     if len(set(args.similarity_types)) != len(args.similarity_types):
         parser.error(f"--similarity_types has a duplicate: {args.similarity_types}")
     if not 0.0 <= args.popular_ratio <= 1.0:
@@ -210,17 +209,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _resume_latest_run(parser, argv, args) -> argparse.Namespace:
-    """`--resume` alone: the most recent unfinished run under runs/, with the flags it was
-    started with (flags given now still win)."""
-    name = run_folders.latest_unfinished_run()
-    if name is None:
-        return args  # nothing to continue: a fresh run (restore() says so)
-    saved = run_folders.saved_args(name)
+def _resume_defaults(parser, argv, args) -> argparse.Namespace:
+    """--resume continues a run with the flags it was started with (its args.json; flags given
+    now still win). Without a run name or folders: the most recent unfinished run under runs/."""
+    name = args.run_name
+    if name is None and not any(getattr(args, d) for d in ("log_dir", "tb_dir", "ckpt_dir")):
+        name = run_folders.latest_unfinished_run()
+        if name is None:
+            return args  # nothing to continue: a fresh run (restore() says so)
+        parser.set_defaults(run_name=name)
+    log_dir = args.log_dir or (run_folders.default_dir(name, "log_dir") if name else None)
+    saved = run_folders.saved_args(log_dir) if log_dir else {}
     known = {a.dest for a in parser._actions}
     parser.set_defaults(**{k: v for k, v in saved.items()
                            if k in known and k not in ("resume", "state_dict_path", "inference_only")})
-    parser.set_defaults(run_name=name)
     return parser.parse_args(argv)
 
 

@@ -53,10 +53,13 @@ def latest_unfinished_run(root: Path = RUNS_ROOT) -> str | None:
     return best
 
 
-def saved_args(run_name: str, root: Path = RUNS_ROOT) -> dict:
-    """The flags a run was started with (its args.json), {} when it has none."""
-    path = Path(default_dir(run_name, "log_dir", root)) / "args.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def saved_args(log_dir: str | Path) -> dict:
+    """The flags a run was started with (args.json in its log folder), {} when it has none or
+    the file is unreadable (then the flags given now, or the defaults, apply)."""
+    try:
+        return json.loads((Path(log_dir) / "args.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def continue_command(argv: list[str], run_name: str, has_checkpoint: bool) -> str:

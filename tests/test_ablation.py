@@ -9,6 +9,8 @@ import statistics
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
 
 import ablation
 import plot_curves
@@ -70,9 +72,14 @@ def test_results_are_mean_and_std_of_the_runs(study):
         assert f"| {config} | {SEEDS}/{SEEDS} |" in md
     assert f"{statistics.fmean(m['test']['NDCG@10'] for m in run_metrics(out, 'baseline')):.4f}" in md
     assert ablation.VERDICT_NONE in md and "budget:" in md
-    hparams = sorted(p.name for p in (out / "hparams").iterdir() if p.is_dir())
-    assert hparams == sorted(f"{c}_seed{s}" for c in CONFIGS for s in range(SEEDS))
-    assert all(any(p.glob("events.out.tfevents.*")) for p in (out / "hparams").iterdir() if p.is_dir())
+    assert not (out / "hparams").exists()  # each run carries its own HParams entry instead
+    for config in CONFIGS:
+        for seed in range(SEEDS):
+            acc = EventAccumulator(str(out / "runs" / config / f"seed{seed}" / "tb"))
+            acc.Reload()
+            start = metadata.parse_session_start_info_plugin_data(
+                acc.PluginTagToContent("hparams")[metadata.SESSION_START_INFO_TAG])
+            assert start.hparams["seed"].number_value == seed
 
 
 def test_each_run_got_its_own_folders_and_flags(study):

@@ -110,6 +110,9 @@ def test_interrupted_default_run_continues_with_printed_command_and_with_resume_
     assert run.startswith("demo-")
     command = shlex.split(hint.split(": ", 2)[2])
     assert command[command.index("--run_name") + 1] == run and "--resume" in command
+    # --resume takes the run's own flags (args.json) for those not given again
+    again = main_mod.parse_args(["--run_name", run, "--resume", "--lr", "0.01"])
+    assert (again.num_epochs, again.maxlen, again.lr) == (3, 20, 0.01)
 
     _interrupt_after_epoch(monkeypatch, 2)  # the printed command continues epoch 2, stopped again
     with pytest.raises(KeyboardInterrupt):
