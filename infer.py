@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 import checkpoint as ckpt
+from cli_types import device_name, positive_int
 from batching import Ranges, query_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, FeatureSchema
 from inference_data import InferenceData, load_inference_dir
@@ -67,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=str(Path(result_dir) / RESULT_NAME) if result_dir else None,
                    help="result JSON; the .fbin/.u64bin files go to the same folder "
                         f"(env EVAL_RESULT_PATH: <EVAL_RESULT_PATH>/{RESULT_NAME})")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--batch_size", type=int, default=512,
+    p.add_argument("--device", type=device_name, default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--batch_size", type=positive_int, default=512,
                    help="users per forward pass and per scoring step")
-    p.add_argument("--topk", type=int, default=10, help="items recommended per user")
+    p.add_argument("--topk", type=positive_int, default=10, help="items recommended per user")
     p.add_argument("--ann", choices=ANN_METHODS, default="exact",
                    help="exact: score every candidate with the model's similarity; faiss: an "
                         "exact inner-product faiss index over the reduced vectors (same ranking; "

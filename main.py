@@ -25,8 +25,12 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import distributed as dist
+from cli_types import (device_name, finite_float, int_at_least, non_negative_float,
+                       non_negative_int, positive_float, positive_int, unit_interval,
+                       unit_interval_right_open)
 from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
     random_user_split, training_arrays
+from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
 from evaluate import evaluate, format_table
 from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
@@ -77,16 +81,16 @@ def _data_flags(g) -> None:
                    help="multimodal feature ids to use from creative_emb/ (default: 81 when present)")
     g.add_argument("--on_bad_record", choices=BAD_RECORD_POLICIES, default="error",
                    help="a malformed record stops the run (error) or is skipped and counted (skip)")
-    g.add_argument("--demo_users", type=int, default=3000, help="users of the built-in demo dataset")
-    g.add_argument("--demo_items", type=int, default=2000, help="items of the built-in demo dataset")
+    g.add_argument("--demo_users", type=positive_int, default=3000, help="users of the built-in demo dataset")
+    g.add_argument("--demo_items", type=int_at_least(DEMO_MIN_ITEMS), default=2000, help="items of the built-in demo dataset")
 
 
 def _model_flags(g) -> None:
-    g.add_argument("--maxlen", type=int, default=101, help="tokens per sequence; arrays have maxlen+1 slots")
-    g.add_argument("--hidden_units", type=int, default=32, help="embedding and model width")
-    g.add_argument("--num_blocks", type=int, default=1, help="self-attention blocks")
-    g.add_argument("--num_heads", type=int, default=1, help="attention heads")
-    g.add_argument("--dropout_rate", type=float, default=0.2, help="dropout everywhere (embeddings, attention, FFN)")
+    g.add_argument("--maxlen", type=positive_int, default=101, help="tokens per sequence; arrays have maxlen+1 slots")
+    g.add_argument("--hidden_units", type=positive_int, default=32, help="embedding and model width")
+    g.add_argument("--num_blocks", type=positive_int, default=1, help="self-attention blocks")
+    g.add_argument("--num_heads", type=positive_int, default=1, help="attention heads")
+    g.add_argument("--dropout_rate", type=unit_interval_right_open, default=0.2, help="dropout everywhere (embeddings, attention, FFN)")
     g.add_argument("--norm_first", action="store_true", help="pre-LN blocks instead of post-LN")
     g.add_argument("--dnn_relu", action=argparse.BooleanOptionalAction, default=True,
                    help="ReLU after itemdnn and userdnn, as the baseline; --no-dnn_relu keeps them "
@@ -114,20 +118,20 @@ def _model_flags(g) -> None:
 
 
 def _training_flags(g) -> None:
-    g.add_argument("--batch_size", type=int, default=128, help="sequences per step")
-    g.add_argument("--lr", type=float, default=0.001, help="Adam learning rate")
-    g.add_argument("--adam_betas", type=float, nargs=2, default=list(BETAS), metavar=("B1", "B2"),
+    g.add_argument("--batch_size", type=positive_int, default=128, help="sequences per step")
+    g.add_argument("--lr", type=positive_float, default=0.001, help="Adam learning rate")
+    g.add_argument("--adam_betas", type=unit_interval_right_open, nargs=2, default=list(BETAS), metavar=("B1", "B2"),
                    help="Adam's betas; the baseline's 0.9 0.98 (torch's default is 0.9 0.999)")
-    g.add_argument("--num_epochs", type=int, default=3, help="training epochs")
-    g.add_argument("--l2_emb", type=float, default=0.0, help="weight of the item-embedding norm in the loss")
-    g.add_argument("--seed", type=int, default=42, help="seeds the split, init, dropout and negatives")
-    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    g.add_argument("--num_epochs", type=positive_int, default=3, help="training epochs")
+    g.add_argument("--l2_emb", type=non_negative_float, default=0.0, help="weight of the item-embedding norm in the loss")
+    g.add_argument("--seed", type=non_negative_int, default=42, help="seeds the split, init, dropout and negatives")
+    g.add_argument("--device", type=device_name, default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     g.add_argument("--sparse_embeddings", action="store_true",
                    help="id/feature tables take sparse gradients and a lazy Adam (SparseAdam): "
                         "step cost no longer grows with the catalogue")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model; losses and metrics stay fp32")
-    g.add_argument("--log_every", type=int, default=20, help="steps between Loss/train points")
+    g.add_argument("--log_every", type=positive_int, default=20, help="steps between Loss/train points")
     g.add_argument("--state_dict_path", default=None,
                    help="checkpoint folder or model.pt: resume training, or serve --inference_only")
     g.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in --ckpt_dir")
@@ -138,27 +142,27 @@ def _training_flags(g) -> None:
 def _sampling_flags(g) -> None:
     g.add_argument("--use_smart_sampling", action="store_true",
                    help="draw a share of negatives by popularity, the rest uniformly")
-    g.add_argument("--popular_ratio", type=float, default=0.3, help="share of popularity-drawn negatives")
+    g.add_argument("--popular_ratio", type=unit_interval, default=0.3, help="share of popularity-drawn negatives")
     g.add_argument("--popularity_source", choices=POPULARITY_SOURCES, default="counts",
                    help="counts: training frequency ** factor; power_law: 1 / item_id ** factor")
-    g.add_argument("--popularity_factor", type=float, default=0.75, help="exponent of the popularity")
+    g.add_argument("--popularity_factor", type=finite_float, default=0.75, help="exponent of the popularity")
     g.add_argument("--popular_ratio_schedule", choices=RATIO_SCHEDULES, default="constant",
                    help="linear: ramp the popular share from 0 to --popular_ratio (curriculum)")
-    g.add_argument("--curriculum_epochs", type=int, default=5, help="epochs of the linear ramp")
+    g.add_argument("--curriculum_epochs", type=positive_int, default=5, help="epochs of the linear ramp")
 
 
 def _evaluation_flags(g) -> None:
     g.add_argument("--eval_protocol", choices=SPLITS, default="random_user",
                    help="random_user: the baseline's 90/10 user split with validation loss; "
                         "leave_one_out: ranking metrics on each user's last items")
-    g.add_argument("--eval_every", type=int, default=1, help="epochs between validation rankings")
-    g.add_argument("--patience", type=int, default=0,
+    g.add_argument("--eval_every", type=positive_int, default=1, help="epochs between validation rankings")
+    g.add_argument("--patience", type=non_negative_int, default=0,
                    help="stop after this many rankings without a better valid NDCG@10 (0: never)")
     g.add_argument("--eval_filter_seen", action=argparse.BooleanOptionalAction, default=True,
                    help="exclude the user's input items from the ranking")
-    g.add_argument("--eval_sampled", type=int, default=0,
+    g.add_argument("--eval_sampled", type=non_negative_int, default=0,
                    help="rank against N sampled negatives (the SASRec paper's 100) instead of all items")
-    g.add_argument("--eval_batch_size", type=int, default=128,
+    g.add_argument("--eval_batch_size", type=positive_int, default=128,
                    help="users per evaluation chunk (memory: 128 keeps ML-1M training + evaluation under 1 GB)")
 
 
