@@ -107,11 +107,8 @@ def training_args(config: dict) -> argparse.Namespace:
 
 def load_trained(path: str) -> tuple[argparse.Namespace, dict, dict]:
     """-> (training args, stored data description {schema, itemnum, usernum} or {}, weights)."""
-    saved = ckpt.load_checkpoint(path)
-    config = saved.get("config") if isinstance(saved, dict) else None
-    if not isinstance(config, dict) or "args" not in config or "model" not in saved:
-        raise ckpt.CheckpointError(f"{path}: not a training checkpoint of main.py (no model "
-                                   "weights or config args)")
+    saved = ckpt.load_training_checkpoint(path)
+    config = saved["config"]
     return training_args(config), config.get("data") or {}, saved["model"]
 
 

@@ -353,7 +353,7 @@ def restore(args, model, optimizer, sampler, state: RunState) -> None:
             return
     if path is None:
         return
-    saved = ckpt.load_checkpoint(path)
+    saved = ckpt.load_training_checkpoint(path)
     ckpt.check_compatible(saved["config"]["args"], vars(args), path)
     try:
         dist.unwrap(model).load_state_dict(saved["model"])
@@ -511,6 +511,9 @@ def main(argv=None) -> dict:
     model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
                         data.usernum).to(device)
     optimizer = build_optimizer(model, args.lr, args.adam_betas)
+    check_eval_sampled(args, data)
+    if dist.is_main() and not args.inference_only:
+        ckpt.prepare_dir(args.ckpt_dir, checkpoint_bytes(model))
     state = RunState()
     restore(args, model, optimizer, sampler, state)
     model = dist.wrap(model, device)
@@ -574,8 +577,9 @@ def finish(model, data, split, args, device, amp_dtype, state, writer, train: bo
     if not dist.is_main() or split.test is None:
         return result
     if train and state.best_path:
-        best = Path(args.ckpt_dir) / Path(state.best_path).name
-        dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best)["model"])
+        best = best_checkpoint(Path(args.ckpt_dir), state)
+        if best is not None:
+            dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best)["model"])
     results = {"valid": run_evaluation(model, data, split.valid, args, device, amp_dtype),
                "test": run_evaluation(model, data, split.test, args, device, amp_dtype)}
     print(format_table(results))
@@ -584,6 +588,48 @@ def finish(model, data, split, args, device, amp_dtype, state, writer, train: bo
            "history": state.history}
     _write_json_atomically(Path(args.log_dir) / "metrics.json", out)
     return {**result, **out}
+
+
+def best_checkpoint(ckpt_dir: Path, state) -> Path | None:
+    """The best checkpoint of the run; when it was deleted (users prune), the best one that
+    still exists, else None (the final weights stand). Updates state.best_* to what is used."""
+    best = ckpt_dir / Path(state.best_path).name
+    if (best / ckpt.WEIGHTS).is_file():
+        return best
+    fallback = ckpt.best_existing(ckpt_dir)
+    if fallback is None:
+        log.warning("best checkpoint %s is gone and no other checkpoint records a valid NDCG@10: "
+                    "testing the final model", best)
+        state.best_path, state.best_epoch = None, state.epoch
+        return None
+    epoch, _, config = ckpt.recorded_checkpoints(ckpt_dir)[fallback]
+    log.warning("best checkpoint %s is gone: testing the best that still exists, %s "
+                "(valid NDCG@10 %.4f)", best, fallback.name, config["valid_metrics"]["NDCG@10"])
+    state.best_path, state.best_epoch = fallback.name, epoch
+    return fallback
+
+
+def checkpoint_bytes(model) -> int:
+    """About one checkpoint's size: the weights and Adam's two moments per parameter."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def check_eval_sampled(args, data) -> None:
+    """--eval_sampled N needs N items outside every user's history and target (conservatively:
+    outside the user's whole line); found now, not after the first epoch."""
+    if not args.eval_sampled:
+        return
+    seqs = data.seqs
+    items = np.asarray(seqs.tok_type) == 1
+    line = np.repeat(np.arange(seqs.num_lines), np.diff(np.asarray(seqs.line_offsets)))
+    pairs = np.unique(line[items].astype(np.int64) * (data.itemnum + 1)
+                      + np.asarray(seqs.tok_id)[items])
+    distinct = np.bincount(pairs // (data.itemnum + 1), minlength=seqs.num_lines)
+    allowed = data.itemnum - int(distinct.max()) if len(distinct) else data.itemnum
+    if args.eval_sampled > allowed:
+        raise DataError(f"--eval_sampled {args.eval_sampled}: the catalogue has {data.itemnum} "
+                        f"items and the longest history {int(distinct.max())} distinct ones, so at "
+                        f"most {max(allowed, 0)} negatives can be drawn for every user")
 
 
 def _write_json_atomically(path: Path, obj) -> None:
