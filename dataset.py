@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 import safe_pickle
+import tempdirs
 from data_rules import check_feature_id, check_schema_document, finite_float32, show
 
 try:  # orjson parses seq.jsonl several times faster; plain json is the fallback
@@ -130,10 +130,14 @@ def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
     path = root / f"v1-{key}"
     if use_cache and (path / "meta.json").exists():
         log.info("loading cached parse %s", path)
-        return _read_cache(path)
+        cached = _read_cache_or_discard(path)
+        if cached is not None:
+            return cached
     dataset = _parse(data_dir, mm_emb_ids, on_bad_record)
     if use_cache:
-        _write_cache_atomically(dataset, path)
+        _write_cache_atomically(dataset, path, {"data_dir": str(data_dir.resolve()),
+                                                "mm_emb_ids": mm_emb_ids,
+                                                "on_bad_record": on_bad_record})
     return dataset
 
 
@@ -658,11 +662,16 @@ def _with_token_types(**fields) -> SequenceData:
     return SequenceData(tok_type=tok_type, **fields)
 
 
-def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
-    """Write into a temporary sibling folder, then rename: a crash never leaves half a cache."""
+_CACHE_TMP = ".tmp-"
+
+
+def _write_cache_atomically(dataset: Dataset, path: Path, source: dict | None = None) -> None:
+    """Write into a temporary sibling folder, then rename: a crash never leaves half a cache.
+    `source` (data_dir, mm ids, policy) is recorded so a later write can drop outdated entries."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+        tempdirs.remove_stale(path.parent, _CACHE_TMP)  # killed writers' leftovers
+        tmp = tempdirs.make_temp_dir(path.parent, _CACHE_TMP, path.name)
     except OSError as e:
         log.warning("cannot write the parse cache next to the data (%s); pass --cache_dir", e)
         return
@@ -675,9 +684,11 @@ def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
             np.save(tmp / f"mm_{fid}.npy", table)
         np.save(tmp / "item_valid.npy", dataset.item_valid)
         meta = {"version": CACHE_VERSION, "schema": dataset.schema.to_dict(),
-                "itemnum": dataset.itemnum, "usernum": dataset.usernum, "stats": dataset.stats}
+                "itemnum": dataset.itemnum, "usernum": dataset.usernum, "stats": dataset.stats,
+                "source": source}
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
         os.replace(tmp, path)
+        _remove_outdated(path, source)
     except OSError as e:  # disk full, or a concurrent writer won the rename: the parse stands
         shutil.rmtree(tmp, ignore_errors=True)
         if not (path / "meta.json").exists():
@@ -685,6 +696,55 @@ def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_outdated(path: Path, source: dict | None) -> None:
+    """Delete other entries of the same source (data_dir, mm ids, policy): their inputs changed
+    since, so no run will read them again."""
+    if source is None:
+        return
+    for other in path.parent.glob("v1-*"):
+        if other == path or not (other / "meta.json").is_file():
+            continue
+        try:
+            same = json.loads((other / "meta.json").read_text()).get("source") == source
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same:
+            log.info("removing the outdated parse cache %s", other)
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _read_cache_or_discard(path: Path) -> Dataset | None:
+    """The cached parse, or None (entry removed, with a warning) when it is damaged: a truncated
+    array or a bad meta.json costs a re-parse, not the run."""
+    try:
+        dataset = _read_cache(path)
+        _check_cache_shapes(dataset)
+        return dataset
+    except (OSError, ValueError, KeyError, TypeError, EOFError, IndexError, AttributeError) as e:
+        log.warning("the parse cache %s is damaged (%s: %s): parsing the data again",
+                    path, type(e).__name__, str(e)[:200])
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+def _check_cache_shapes(d: Dataset) -> None:
+    """Sizes the arrays must agree on; ValueError names the first that does not."""
+    s, t = d.seqs, d.tables
+    checks = {"line_offsets": len(s.line_offsets) == s.num_lines + 1
+              and (s.num_lines == 0 or int(s.line_offsets[-1]) == len(s.tok_id)),
+              "tok_action": len(s.tok_action) == len(s.tok_id),
+              "has_profile": len(s.has_profile) == s.num_lines,
+              "item_valid": len(d.item_valid) == d.itemnum + 1}
+    checks.update({name: len(getattr(t, name)) == (d.itemnum if name.startswith("item")
+                                                   else d.usernum) + 1
+                   for name in _TABLE_FIELDS})
+    checks.update({f"mm_{fid}": m.shape == (d.itemnum + 1, d.schema.mm_dims[fid])
+                   for fid, m in t.mm.items()})
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"{bad[0]}.npy does not match the other arrays")
 
 
 def _read_cache(path: Path) -> Dataset:
