@@ -188,6 +188,18 @@ def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: i
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
 
 
+def check_finite_vectors(vectors: Tensor, what: str, names: list) -> None:
+    """(N, D) vectors -> InferenceError naming the first row with a NaN or inf. The last
+    defence: topk ranks NaN first, so one such candidate would top every user's list. One
+    device sync, once per run."""
+    bad = ~torch.isfinite(vectors).all(dim=1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise InferenceError(f"the vector of {what} {names[row]!r} (and {int(bad.sum()) - 1} "
+                             f"more) is not finite: a NaN or inf in its input data or in the "
+                             "checkpoint's weights")
+
+
 def topk_faiss(q_reduced: Tensor, v_reduced: Tensor, k: int, batch_size: int) -> Tensor:
     """Exact inner-product search (faiss IndexFlatIP) over the reduced vectors -> (U, k)."""
     faiss = _import_faiss()
@@ -275,6 +287,8 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         v_reduced = model.similarity.item_vectors(items).float()
         q_reduced = model.similarity.query_vectors(queries).float()
+    check_finite_vectors(v_reduced, "candidate", data.cand_creative_ids.tolist())
+    check_finite_vectors(q_reduced, "user", data.users)
     if args.ann == "faiss":
         top = topk_faiss(q_reduced, v_reduced, args.topk, args.batch_size)
     else:
