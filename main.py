@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import distributed as dist
+from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
+    random_user_split, training_arrays
 from cli_types import (device_name, finite_float, int_at_least, non_negative_float,
                        non_negative_int, positive_float, positive_int, unit_interval,
                        unit_interval_right_open)
-from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
-    random_user_split, training_arrays
-from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
+from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
 from evaluate import evaluate, format_table
 from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
                    ModelConfigError)
@@ -171,8 +171,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(set(args.similarity_types)) != len(args.similarity_types):
         parser.error(f"--similarity_types has a duplicate: {args.similarity_types}")
-    if not 0.0 <= args.popular_ratio <= 1.0:
-        parser.error("--popular_ratio must be in [0, 1]")
     if args.resume and args.state_dict_path:
         parser.error("--resume and --state_dict_path are alternatives: pass one")
     if args.sparse_embeddings and args.l2_emb:
