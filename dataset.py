@@ -295,7 +295,7 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
             if parsed is None:
                 continue
             user, profile, items = parsed
-            if user and user in line_of_user:  # counted twice, it could land in both train and valid
+            if user and user in line_of_user:  # counted twice: it could be in train and valid
                 bad(f"{path}:{lineno}: user {user} already has line {line_of_user[user]}: "
                     "seq.jsonl holds one line per user")
                 continue
@@ -663,6 +663,7 @@ def _with_token_types(**fields) -> SequenceData:
 
 
 _CACHE_TMP = ".tmp-"
+_LEGACY_CACHE_TMP = re.compile(r"^v1-[0-9a-f]{16}\.tmp")  # tempfile.mkdtemp names before issue 17
 
 
 def _write_cache_atomically(dataset: Dataset, path: Path, source: dict | None = None) -> None:
@@ -670,7 +671,8 @@ def _write_cache_atomically(dataset: Dataset, path: Path, source: dict | None = 
     `source` (data_dir, mm ids, policy) is recorded so a later write can drop outdated entries."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tempdirs.remove_stale(path.parent, _CACHE_TMP)  # killed writers' leftovers
+        # killed writers' leftovers, of this version and of older ones
+        tempdirs.remove_stale(path.parent, _CACHE_TMP, _LEGACY_CACHE_TMP)
         tmp = tempdirs.make_temp_dir(path.parent, _CACHE_TMP, path.name)
     except OSError as e:
         log.warning("cannot write the parse cache next to the data (%s); pass --cache_dir", e)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -78,15 +79,17 @@ def is_stale(path: Path, now: float | None = None) -> bool:
     return now - _newest_change(path) > STALE_SECONDS
 
 
-def remove_stale(parent: Path, prefix: str) -> int:
-    """Delete the stale `prefix*` folders in `parent` (see the module docstring); -> how many."""
+def remove_stale(parent: Path, prefix: str, legacy: re.Pattern | None = None) -> int:
+    """Delete the stale `prefix*` folders in `parent` (see the module docstring), and those whose
+    name matches `legacy` (an older version's temporary names); -> how many."""
     parent = Path(parent)
     if not parent.is_dir():
         return 0
     removed = 0
     for path in parent.iterdir():
+        ours = path.name.startswith(prefix) or (legacy is not None and legacy.match(path.name))
         try:
-            if path.name.startswith(prefix) and path.is_dir() and is_stale(path):
+            if ours and path.is_dir() and is_stale(path):
                 shutil.rmtree(path)
                 removed += 1
         except OSError as e:  # vanished meanwhile, or not ours to delete: leave it

@@ -437,8 +437,13 @@ def test_stale_cache_temporaries_and_outdated_entries_removed(small_v1, tmp_path
     load_dataset(small_v1, cache_dir=cache)
     (first,) = cache.iterdir()
     leftover = cache / f".tmp-{first.name}@{tempdirs._host()}.{_dead_pid()}.abcd"
-    leftover.mkdir()
-    (leftover / "tok_id.npy").write_bytes(b"partial")
+    legacy = cache / f"{first.name}.tmpx8k2_q"  # an older version's name, untouched for hours
+    for p in (leftover, legacy):
+        p.mkdir()
+        (p / "tok_id.npy").write_bytes(b"partial")
+    past = tempdirs.time.time() - 2 * tempdirs.STALE_SECONDS
+    os.utime(legacy / "tok_id.npy", (past, past))
+    os.utime(legacy, (past, past))
     lines = read_seq_lines(small_v1)
     write_seq_lines(small_v1, lines[:3])  # the input changed: a new entry, the old one outdated
     load_dataset(small_v1, cache_dir=cache)
