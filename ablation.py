@@ -39,6 +39,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cli_types import positive_int
+
 log = logging.getLogger("ablation")
 ROOT = Path(__file__).resolve().parent
 
@@ -84,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=None,
                    help="V1 data directory for every run; none: main.py's default (TRAIN_DATA_PATH, "
                         "else the built-in demo dataset: pass --demo_users/--demo_items after --)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per configuration")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per configuration")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    metavar="NAME", help=f"configurations to run, of: {' '.join(CONFIGS)}")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="runs at once; each gets OMP_NUM_THREADS = cores // jobs unless it is set")
     p.add_argument("--report_only", action="store_true",
                    help="train nothing: rewrite results.md/csv from the finished runs")

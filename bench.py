@@ -41,6 +41,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import main
+from cli_types import int_at_least, non_negative_int, positive_int
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
 from evaluate import evaluate
@@ -64,15 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = main.build_parser()
     p.description = __doc__.splitlines()[0]
     g = p.add_argument_group("benchmark")
-    g.add_argument("--steps", type=int, default=30, help="timed training steps per configuration")
-    g.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, caches)")
+    g.add_argument("--steps", type=positive_int, default=30, help="timed training steps per configuration")
+    g.add_argument("--warmup", type=non_negative_int, default=5, help="untimed steps first (allocator, caches)")
     g.add_argument("--json", default=None, help="write the results here as JSON")
     g.add_argument("--demo", action="store_true",
                    help="main.py's built-in demo dataset (--demo_users, --demo_items), not ML-1M")
-    g.add_argument("--synthetic_items", type=int, nargs="+", default=None,
+    g.add_argument("--synthetic_items", type=int_at_least(2), nargs="+", default=None,
                    help="feature-less in-memory data with an N-item catalogue; several values "
                         "are measured in the same run")
-    g.add_argument("--synthetic_users", type=int, default=6040,
+    g.add_argument("--synthetic_users", type=positive_int, default=6040,
                    help="users of the synthetic data (ML-1M's count)")
     g.add_argument("--compare_attention", action="store_true",
                    help="also measure the other --attention_impl choices in the same run")
@@ -82,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time a full-ranking evaluation of all leave-one-out test users")
     g.add_argument("--compare_amp", action="store_true",
                    help="also measure the other --amp setting in the same run")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op threads (default: torch's); 1 is steadier on a busy box")
-    g.add_argument("--peak_size", type=int, default=None,
+    g.add_argument("--peak_size", type=positive_int, default=None,
                    help="side of the square matmul that measures the peak "
                         f"(default {PEAK_SIZE} on CPU, {PEAK_SIZE_CUDA} on CUDA)")
     p.set_defaults(**PAPER_ML1M)  # argparse keeps any value the user passes

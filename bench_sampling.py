@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from cli_types import positive_int
 from sampling import SmartNegativeSampler
 
 ITEMNUM, BATCH, MAXLEN, HIST_MEAN = 3416, 128, 200, 165
@@ -59,7 +60,7 @@ def bench(sampler: SmartNegativeSampler, batch: tuple, repeats: int, warmup: int
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
+    parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls per configuration")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     counts, batch = synthetic_counts(rng), synthetic_batch(rng)

@@ -3,17 +3,25 @@
 One folder per checkpoint (`epoch003_step000450/`) holding `model.pt` (weights, optimizer, sampler
 and step counters) and `config.json` (args, model_params, epoch, global_step, valid_loss, metrics,
 similarity scalars). The folder is written under a temporary name and renamed, so a crash never
-leaves half a checkpoint where a resume would look.
+leaves half a checkpoint where a resume would look; `prepare_dir` removes the temporary folders of
+killed writers and checks, before training, that the folder can take a checkpoint. Checkpoints are
+ordered by the epoch and step their config.json records, not by folder name.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+import tempdirs
+
+log = logging.getLogger(__name__)
+TMP_PREFIX = ".tmp-"
 
 WEIGHTS, CONFIG = "model.pt", "config.json"
 # Flags that change the shapes or the function of the model: a checkpoint must agree on them.
@@ -33,10 +41,11 @@ def checkpoint_name(epoch: int, global_step: int) -> str:
 def save_checkpoint(ckpt_dir: str | Path, state: dict, config: dict) -> Path:
     """Write state (tensors, via torch.save) and config (JSON) as one folder; returns it."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / checkpoint_name(config["epoch"], config["global_step"])
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + final.name, dir=ckpt_dir))
+    tmp = None
     try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tempdirs.make_temp_dir(ckpt_dir, TMP_PREFIX, final.name)
         torch.save({**state, "config": config}, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
         _fsync_dir(tmp)
@@ -44,10 +53,59 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict, config: dict) -> Path:
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(ckpt_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError | RuntimeError):  # torch's writer reports ENOSPC as RuntimeError
+            raise CheckpointError(_write_failure(final, e)) from None
         raise
     return final
+
+
+def _write_failure(final: Path, e: BaseException) -> str:
+    """One line for a failed write: a full disk said as such, not as inline_container.cc."""
+    free = _free_bytes(final.parent)
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        (free is not None and free < 1 << 20) or "No space left" in str(e)
+    reason = (f"no space left on the device ({_mb(free)} free)" if full else
+              f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+    return f"{final}: could not write the checkpoint ({reason}); earlier checkpoints are intact"
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _mb(n: int | None) -> str:
+    return "? MB" if n is None else f"{n / 2**20:.1f} MB"
+
+
+def prepare_dir(ckpt_dir: str | Path, needed_bytes: int = 0) -> None:
+    """Before training: create ckpt_dir, remove killed writers' temporary folders, and check that
+    a file can be written there and that about `needed_bytes` are free (one checkpoint), so an
+    unwritable folder or a full disk stops the run now, not after the first epoch."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tempdirs.remove_stale(ckpt_dir, TMP_PREFIX)
+        probe = tempdirs.make_temp_dir(ckpt_dir, TMP_PREFIX, "probe")
+        try:
+            with open(probe / "probe", "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+    except OSError as e:
+        raise CheckpointError(f"--ckpt_dir {ckpt_dir}: cannot write checkpoints there "
+                              f"({e.strerror or type(e).__name__}: {e.filename or ckpt_dir})") from None
+    free = _free_bytes(ckpt_dir)
+    if free is not None and free < needed_bytes:
+        raise CheckpointError(f"--ckpt_dir {ckpt_dir}: a checkpoint needs about {_mb(needed_bytes)} "
+                              f"but the disk has {_mb(free)} free")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -75,14 +133,57 @@ def resolve(path: str | Path) -> Path:
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder in ckpt_dir (by epoch and step), or None."""
+    """The newest complete checkpoint folder in ckpt_dir, by the (epoch, global_step) its
+    config.json records (folder names sort wrongly past epoch 999), or None."""
+    recorded = recorded_checkpoints(ckpt_dir)
+    return max(recorded, key=lambda p: recorded[p][:2], default=None)
+
+
+def recorded_checkpoints(ckpt_dir: str | Path) -> dict[Path, tuple[int, int, dict]]:
+    """Complete checkpoint folders -> (epoch, global_step, config) from their config.json;
+    folders whose config.json cannot be read are left out with a warning."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        return None
-    done = [p for p in ckpt_dir.iterdir()
-            if p.is_dir() and p.name.startswith("epoch") and (p / CONFIG).exists()
-            and (p / WEIGHTS).exists()]
-    return max(done, key=lambda p: p.name, default=None)
+        return {}
+    out = {}
+    for p in ckpt_dir.iterdir():
+        if not (p.is_dir() and p.name.startswith("epoch") and (p / CONFIG).exists()
+                and (p / WEIGHTS).exists()):
+            continue
+        try:
+            config = json.loads((p / CONFIG).read_text())
+            epoch, step = int(config["epoch"]), int(config["global_step"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s: unreadable %s (%s): not considered", p, CONFIG, type(e).__name__)
+            continue
+        out[p] = (epoch, step, config)
+    return out
+
+
+def best_existing(ckpt_dir: str | Path, metric: str = "NDCG@10") -> Path | None:
+    """The existing checkpoint with the highest recorded valid `metric` (ties: the earliest),
+    or None when none records it."""
+    scored = [(cfg["valid_metrics"][metric], -epoch, -step, p)
+              for p, (epoch, step, cfg) in recorded_checkpoints(ckpt_dir).items()
+              if isinstance(cfg.get("valid_metrics"), dict)
+              and isinstance(cfg["valid_metrics"].get(metric), int | float)]
+    return max(scored, key=lambda t: t[:3])[3] if scored else None
+
+
+def load_training_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint of main.py (weights and config with args), or CheckpointError; a plain
+    state_dict (the original baseline's model.pt) is named as such."""
+    saved = load_checkpoint(path, map_location)
+    config = saved.get("config") if isinstance(saved, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("args"), dict) \
+            or not isinstance(saved.get("model"), dict):
+        kind = ("a plain state_dict (weights only, e.g. the original baseline's model.pt)"
+                if isinstance(saved, dict) and saved and
+                all(isinstance(v, torch.Tensor) for v in saved.values()) else
+                f"a {type(saved).__name__} without model weights and config args")
+        raise CheckpointError(f"{path}: not a training checkpoint of main.py but {kind}; "
+                              "pass a checkpoint folder that main.py wrote")
+    return saved
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -106,24 +207,10 @@ def _norm(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _recorded_order(path: Path) -> tuple:
-    """(epoch, global_step) a checkpoint folder records in config.json; its name when unreadable."""
-    try:
-        config = json.loads((path / CONFIG).read_text())
-        return (0, int(config["epoch"]), int(config["global_step"]), path.name)
-    except (OSError, ValueError, KeyError, TypeError):
-        return (-1, 0, 0, path.name)
-
-
 def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     """Every complete checkpoint folder in ckpt_dir, oldest first (by recorded epoch and step)."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
-    done = [p for p in ckpt_dir.iterdir()
-            if p.is_dir() and p.name.startswith("epoch") and (p / CONFIG).exists()
-            and (p / WEIGHTS).exists()]
-    return sorted(done, key=_recorded_order)
+    recorded = recorded_checkpoints(ckpt_dir)
+    return sorted(recorded, key=lambda p: recorded[p][:2])
 
 
 def prune_checkpoints(ckpt_dir: str | Path, keep_last: int, keep: tuple[str, ...] = ()) -> list[Path]:

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 import safe_pickle
+import tempdirs
+from data_rules import check_feature_id, check_schema_document, finite_float32, show
 
 try:  # orjson parses seq.jsonl several times faster; plain json is the fallback
     import orjson
@@ -129,10 +130,14 @@ def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
     path = root / f"v1-{key}"
     if use_cache and (path / "meta.json").exists():
         log.info("loading cached parse %s", path)
-        return _read_cache(path)
+        cached = _read_cache_or_discard(path)
+        if cached is not None:
+            return cached
     dataset = _parse(data_dir, mm_emb_ids, on_bad_record)
     if use_cache:
-        _write_cache_atomically(dataset, path)
+        _write_cache_atomically(dataset, path, {"data_dir": str(data_dir.resolve()),
+                                                "mm_emb_ids": mm_emb_ids,
+                                                "on_bad_record": on_bad_record})
     return dataset
 
 
@@ -253,9 +258,9 @@ def load_item_feat_dict(path: Path, itemnum: int, bad: BadRecords) -> dict[int, 
     for key, value in raw.items():
         reid = int(key) if key.isascii() and key.isdecimal() else -1
         if not 1 <= reid <= itemnum:
-            bad(f"{path}: key {key!r} is not an item reid in 1..{itemnum} (indexer.pkl 'i')")
+            bad(f"{path}: key {show(key)} is not an item reid in 1..{itemnum} (indexer.pkl 'i')")
         elif not isinstance(value, dict):
-            bad(f"{path}: key {key!r}: expected a feature object, got {type(value).__name__}")
+            bad(f"{path}: key {show(key)}: expected a feature object, got {type(value).__name__}")
         else:
             feats[reid] = value
     return feats
@@ -278,7 +283,8 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
     offsets = _checked_offsets(data_dir / "seq_offsets.pkl")
     tok_id, tok_type, tok_action, line_lens, line_user, line_profile = [], [], [], [], [], []
     user_feats, record_item_feats, profile_where, empty = {}, {}, {}, 0
-    position, lineno = 0, 0
+    line_of_user: dict[int, int] = {}  # user reid -> its line, to report a second line
+    position, lineno, resorted = 0, 0, 0
     with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
                                      desc="parse seq.jsonl", disable=None, leave=False) as bar:
         for lineno, line in enumerate(f, 1):
@@ -289,26 +295,37 @@ def _parse_sequences(data_dir: Path, itemnum: int, usernum: int, bad: BadRecords
             if parsed is None:
                 continue
             user, profile, items = parsed
+            if user and user in line_of_user:  # counted twice: it could be in train and valid
+                bad(f"{path}:{lineno}: user {user} already has line {line_of_user[user]}: "
+                    "seq.jsonl holds one line per user")
+                continue
+            line_of_user[user] = lineno
             if not items:
                 empty += 1  # a user with no items has nothing to learn from: skipped, counted
                 continue
+            if _out_of_time_order(items):
+                items.sort(key=lambda rec: rec[3])  # stable: equal timestamps keep file order
+                resorted += 1
             if profile is not None:
                 user_feats[user] = profile
                 profile_where[user] = f"{path}:{lineno}"
-            for reid, feats, _ in items:
+            for reid, feats, _, _ in items:
                 if reid not in known_items and reid not in record_item_feats:
                     record_item_feats[reid] = feats
             has = profile is not None
-            ids = [user] * has + [i for i, _, _ in items]
+            ids = [user] * has + [i for i, _, _, _ in items]
             tok_id += ids
             tok_type += [TOKEN_PROFILE] * has + [TOKEN_ITEM] * len(items)
-            tok_action += [0] * has + [a for _, _, a in items]
+            tok_action += [0] * has + [a for _, _, a, _ in items]
             line_lens.append(len(ids))
             line_user.append(user)
             line_profile.append(has)
     if len(offsets) != lineno:
         raise DataError(f"{data_dir / 'seq_offsets.pkl'}: holds {len(offsets)} offsets but "
                         f"{path} has {lineno} lines")
+    if resorted:
+        log.warning("%s: %d lines had item records out of timestamp order: sorted by timestamp",
+                    path, resorted)
     seqs = SequenceData(
         tok_id=np.asarray(tok_id, dtype=np.int32),
         tok_type=np.asarray(tok_type, dtype=np.int8),
@@ -337,15 +354,20 @@ def _checked_offsets(path: Path) -> np.ndarray:
 def _declares_no_item_features(data_dir: Path) -> bool:
     """A converted dataset without item features (schema.json lists none) writes `{}` as each
     record's item features; the baseline's rule would drop every item of it."""
-    path = data_dir / "schema.json"
-    if not path.exists():
-        return False
-    try:
-        schema = json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from None
+    schema = read_schema_json(data_dir / "schema.json")
     groups = ("item_sparse", "item_array", "item_continual", "mm_emb_ids")
-    return isinstance(schema, dict) and not any(schema.get(g) for g in groups)
+    return schema is not None and not any(schema[g] for g in groups)
+
+
+def read_schema_json(path: Path) -> dict[str, list[str]] | None:
+    """schema.json checked (data_rules.check_schema_document), or None when there is none."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: invalid JSON ({type(e).__name__}: {e})") from None
+    return check_schema_document(doc, path)
 
 
 def _check_offset(offsets, lineno: int, position: int, data_dir: Path) -> None:
@@ -360,8 +382,8 @@ def decode_records(line: bytes, where: str, bad: BadRecords) -> list | None:
     """One seq.jsonl line -> its list of records, or None (reported to `bad`)."""
     try:
         records = json_loads(line)
-    except ValueError as e:
-        bad(f"{where}: invalid JSON ({e})")
+    except (ValueError, RecursionError) as e:  # the plain-json fallback recurses per level
+        bad(f"{where}: invalid JSON ({type(e).__name__}: {e})")
         return None
     if not isinstance(records, list):
         bad(f"{where}: expected a JSON array of records, got {type(records).__name__}")
@@ -371,7 +393,8 @@ def decode_records(line: bytes, where: str, bad: BadRecords) -> list | None:
 
 def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int,
                 bad: BadRecords, keep_empty_items: bool = False):
-    """-> (user reid, profile features or None, [(item reid, item features, action)]) or None."""
+    """-> (user reid, profile features or None, [(item reid, item features, action, timestamp)])
+    or None (reported to `bad`)."""
     where = f"{path}:{lineno}"
     records = decode_records(line, where, bad)
     if records is None:
@@ -380,25 +403,31 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
     for n, rec in enumerate(records):
         # Fast path for the common, well-formed item record; everything else is validated below.
         if type(rec) is list and len(rec) == 6:
-            u, i, u_feat, i_feat, action, _ts = rec
+            u, i, u_feat, i_feat, action, ts = rec
             if (type(i) is int and 0 < i <= itemnum and type(i_feat) is dict and u_feat is None
-                    and (u is None or type(u) is int and 0 <= u <= usernum)
-                    and (action is None or type(action) is int and -128 <= action <= 127)):
+                    and (u is None or type(u) is int and 0 <= u <= usernum
+                         and (not u or not user or u == user))
+                    and (action is None or type(action) is int and -128 <= action <= 127)
+                    and (type(ts) is int or ts is None)):
                 user = user or u or 0
                 if i_feat or keep_empty_items:
-                    items.append((i, i_feat, action or 0))
+                    items.append((i, i_feat, action or 0, ts))
                 continue
         checked = _check_record(rec, f"{where}: record {n}", itemnum, usernum, bad)
         if checked is None:
             continue
-        u, i, u_feat, i_feat, action = checked
+        u, i, u_feat, i_feat, action, ts = checked
+        if u and user and u != user:  # two users' records run together: neither line is sure
+            bad(f"{where}: record {n} names user {u} but earlier records name user {user}: "
+                "one line holds one user's records")
+            return None
         user = user or u or 0
         # As the baseline: a profile needs a user id and features, an item an id and features
         # (an empty feature dict too, when schema.json says the data has no item features).
         if u and u_feat:
             profile = u_feat
         if i and (i_feat or (keep_empty_items and i_feat == {})):
-            items.append((i, i_feat, action or 0))
+            items.append((i, i_feat, action or 0, ts))
     if items and not user:
         bad(f"{where}: no record names the user id")
         return None
@@ -406,18 +435,19 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
 
 
 def _check_record(rec, where: str, itemnum: int, usernum: int, bad: BadRecords):
-    """-> (u, i, user features, item features, action) of a valid record, else None (reported)."""
+    """-> (u, i, user features, item features, action, timestamp) of a valid record, else None
+    (reported)."""
     if not isinstance(rec, list) or len(rec) != 6:
         bad(f"{where}: expected [user_id, item_id, user_feature, item_feature, action_type, "
-            f"timestamp], got {str(rec)[:80]}")
+            f"timestamp], got {show(rec)}")
         return None
-    u, i, u_feat, i_feat, action, _ts = rec
+    u, i, u_feat, i_feat, action, ts = rec
     if not _valid_id(u, usernum) or not _valid_id(i, itemnum):
-        bad(f"{where}: user id {u!r} / item id {i!r} outside the indexer "
+        bad(f"{where}: user id {show(u)} / item id {show(i)} outside the indexer "
             f"(users 1..{usernum}, items 1..{itemnum})")
         return None
     if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
-        bad(f"{where}: action_type must be an integer or null, got {action!r}")
+        bad(f"{where}: action_type must be an integer or null, got {show(action)}")
         return None
     if action is not None and not -128 <= action <= 127:
         action = 127 if action > 0 else -128  # unknown types are their own class; int8 holds them
@@ -425,7 +455,19 @@ def _check_record(rec, where: str, itemnum: int, usernum: int, bad: BadRecords):
         if feats and not isinstance(feats, dict):
             bad(f"{where}: {name} must be an object or null, got {type(feats).__name__}")
             return None
-    return u, i, u_feat, i_feat, action
+    if ts is not None and finite_float32(ts) is None and type(ts) is not int:
+        bad(f"{where}: timestamp must be a number or null, got {show(ts)}")
+        return None
+    return u, i, u_feat, i_feat, action, ts
+
+
+def _out_of_time_order(items: list) -> bool:
+    """True when the items' timestamps (all numbers) are not in ascending order; a null
+    timestamp anywhere leaves the line in file order (nothing to sort it by)."""
+    ts = [rec[3] for rec in items]
+    if any(t is None for t in ts):
+        return False
+    return any(b < a for a, b in zip(ts, ts[1:]))
 
 
 def _valid_id(x, n: int) -> bool:
@@ -437,12 +479,9 @@ def _valid_id(x, n: int) -> bool:
 def discover_schema(data_dir: Path, indexer_f: dict, user_feats: dict, item_feats: dict) -> FeatureSchema:
     """Groups from schema.json when a converter wrote one, else from the data itself: a feature
     the indexer maps is sparse (array when any value is a list), any other is continual."""
-    path = data_dir / "schema.json"
-    if path.exists():
-        try:
-            schema = FeatureSchema.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as e:
-            raise DataError(f"{path}: not a valid schema ({e})") from None
+    declared = read_schema_json(data_dir / "schema.json")
+    if declared is not None:
+        schema = FeatureSchema.from_dict(declared)
     else:
         schema = FeatureSchema()
         for side, feats in (("user", user_feats), ("item", item_feats)):
@@ -450,7 +489,9 @@ def discover_schema(data_dir: Path, indexer_f: dict, user_feats: dict, item_feat
             for f in feats.values():
                 fids.update(f)
                 listy.update(k for k, v in f.items() if isinstance(v, list))
+            where = data_dir / ("seq.jsonl" if side == "user" else "item_feat_dict.json")
             for fid in sorted(fids, key=_fid_order):
+                check_feature_id(fid, f"{where}: {side} features")
                 kind = ("array" if fid in listy else "sparse") if fid in indexer_f else "continual"
                 getattr(schema, f"{side}_{kind}").append(fid)
     for fid in _categorical_fids(schema):
@@ -468,11 +509,15 @@ def _categorical_fids(schema: FeatureSchema) -> list[str]:
 
 
 def fill_feature_tables(feats: dict[int, dict], n: int, schema: FeatureSchema, side: str,
-                        bad: BadRecords, source: str | dict[int, str]):
+                        bad: BadRecords, source: str | dict[int, str],
+                        bad_numbers: BadRecords | None = None):
     """-> (sparse (n+1, S) int32, array (n+1, A_n, W) int32, continual (n+1, C) float32).
 
     source names where the features came from, for errors: a file, or per id a "file:line".
+    bad_numbers: the policy for continual values that are not finite float32 numbers (default
+    `bad`; inference counts cold ids through `bad` but must still reject a NaN).
     """
+    bad_numbers = bad_numbers or bad
     sparse_ids, array_ids, cont_ids = (getattr(schema, f"{side}_{k}")
                                        for k in ("sparse", "array", "continual"))
     width = max([1] + [len(v) for f in feats.values() for k, v in f.items()
@@ -495,7 +540,7 @@ def fill_feature_tables(feats: dict[int, dict], n: int, schema: FeatureSchema, s
                 ids = [_checked_id(v, schema.vocab[fid], where, bad) for v in values]
                 array[reid, j, :len(ids)] = ids
             elif kind == "c":
-                cont[reid, j] = _checked_float(value, where, bad)
+                cont[reid, j] = _checked_float(value, where, bad_numbers)
     return sparse, array, cont
 
 
@@ -504,16 +549,21 @@ def _checked_id(value, vocab: int, where: str, bad: BadRecords) -> int:
         return 0
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= vocab:
         return value
-    bad(f"{where}: expected a value id in 0..{vocab} (indexer.pkl 'f'), got {value!r}")
+    bad(f"{where}: expected a value id in 0..{vocab} (indexer.pkl 'f'), got {show(value)}")
     return 0
 
 
 def _checked_float(value, where: str, bad: BadRecords) -> float:
+    """A continual value; None, or a bad value under --on_bad_record skip, is missing (0)."""
     if value is None:
         return 0.0
+    x = finite_float32(value)
+    if x is not None:
+        return x
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    bad(f"{where}: expected a number, got {value!r}")
+        bad(f"{where}: {show(value)} is not a finite float32 number (|x| <= 3.4e38)")
+    else:
+        bad(f"{where}: expected a number, got {show(value)}")
     return 0.0
 
 
@@ -612,11 +662,18 @@ def _with_token_types(**fields) -> SequenceData:
     return SequenceData(tok_type=tok_type, **fields)
 
 
-def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
-    """Write into a temporary sibling folder, then rename: a crash never leaves half a cache."""
+_CACHE_TMP = ".tmp-"
+_LEGACY_CACHE_TMP = re.compile(r"^v1-[0-9a-f]{16}\.tmp")  # tempfile.mkdtemp names before issue 17
+
+
+def _write_cache_atomically(dataset: Dataset, path: Path, source: dict | None = None) -> None:
+    """Write into a temporary sibling folder, then rename: a crash never leaves half a cache.
+    `source` (data_dir, mm ids, policy) is recorded so a later write can drop outdated entries."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+        # killed writers' leftovers, of this version and of older ones
+        tempdirs.remove_stale(path.parent, _CACHE_TMP, _LEGACY_CACHE_TMP)
+        tmp = tempdirs.make_temp_dir(path.parent, _CACHE_TMP, path.name)
     except OSError as e:
         log.warning("cannot write the parse cache next to the data (%s); pass --cache_dir", e)
         return
@@ -629,9 +686,11 @@ def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
             np.save(tmp / f"mm_{fid}.npy", table)
         np.save(tmp / "item_valid.npy", dataset.item_valid)
         meta = {"version": CACHE_VERSION, "schema": dataset.schema.to_dict(),
-                "itemnum": dataset.itemnum, "usernum": dataset.usernum, "stats": dataset.stats}
+                "itemnum": dataset.itemnum, "usernum": dataset.usernum, "stats": dataset.stats,
+                "source": source}
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
         os.replace(tmp, path)
+        _remove_outdated(path, source)
     except OSError as e:  # disk full, or a concurrent writer won the rename: the parse stands
         shutil.rmtree(tmp, ignore_errors=True)
         if not (path / "meta.json").exists():
@@ -639,6 +698,55 @@ def _write_cache_atomically(dataset: Dataset, path: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_outdated(path: Path, source: dict | None) -> None:
+    """Delete other entries of the same source (data_dir, mm ids, policy): their inputs changed
+    since, so no run will read them again."""
+    if source is None:
+        return
+    for other in path.parent.glob("v1-*"):
+        if other == path or not (other / "meta.json").is_file():
+            continue
+        try:
+            same = json.loads((other / "meta.json").read_text()).get("source") == source
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same:
+            log.info("removing the outdated parse cache %s", other)
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _read_cache_or_discard(path: Path) -> Dataset | None:
+    """The cached parse, or None (entry removed, with a warning) when it is damaged: a truncated
+    array or a bad meta.json costs a re-parse, not the run."""
+    try:
+        dataset = _read_cache(path)
+        _check_cache_shapes(dataset)
+        return dataset
+    except (OSError, ValueError, KeyError, TypeError, EOFError, IndexError, AttributeError) as e:
+        log.warning("the parse cache %s is damaged (%s: %s): parsing the data again",
+                    path, type(e).__name__, str(e)[:200])
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+def _check_cache_shapes(d: Dataset) -> None:
+    """Sizes the arrays must agree on; ValueError names the first that does not."""
+    s, t = d.seqs, d.tables
+    checks = {"line_offsets": len(s.line_offsets) == s.num_lines + 1
+              and (s.num_lines == 0 or int(s.line_offsets[-1]) == len(s.tok_id)),
+              "tok_action": len(s.tok_action) == len(s.tok_id),
+              "has_profile": len(s.has_profile) == s.num_lines,
+              "item_valid": len(d.item_valid) == d.itemnum + 1}
+    checks.update({name: len(getattr(t, name)) == (d.itemnum if name.startswith("item")
+                                                   else d.usernum) + 1
+                   for name in _TABLE_FIELDS})
+    checks.update({f"mm_{fid}": m.shape == (d.itemnum + 1, d.schema.mm_dims[fid])
+                   for fid, m in t.mm.items()})
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"{bad[0]}.npy does not match the other arrays")
 
 
 def _read_cache(path: Path) -> Dataset:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 import safe_pickle
+from cli_types import int_at_least, non_negative_int, positive_int
 from v1_format import UserHistory, write_inference_dir, write_v1_dataset
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ TAGS_PER_TOPIC = 8
 MM_DIM = 32
 SUCCESSOR_PROB = 0.5
 MIN_LEN, MAX_LEN = 5, 80
+# Two items per topic, and a user of MAX_LEN distinct items must find them: fewer items crash.
+MIN_ITEMS = max(NUM_TOPICS * 2, MAX_LEN)
 NULL_ACTION_PROB = 0.01
 MM_MISSING_PROB = 0.10
 FIRST_PROFILE_PROB = 0.1  # the profile record "can be anywhere": put some first
@@ -91,8 +94,8 @@ def write_demo_dataset(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the demo training directory (V1 layout) and return write_v1_dataset's summary."""
-    if num_items < NUM_TOPICS * 2 or num_users < 1:
-        raise ValueError(f"need num_items >= {NUM_TOPICS * 2} and num_users >= 1")
+    if num_items < MIN_ITEMS or num_users < 1:
+        raise ValueError(f"need num_items >= {MIN_ITEMS} and num_users >= 1")
     world = _make_world(num_items, seed)
     users = (_train_user(world, seed, idx) for idx in range(num_users))
     mm = {MM_FEATURE_ID: {int(world.cids[i]): world.emb[i] for i in np.flatnonzero(world.has_emb)}}
@@ -359,10 +362,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="Write the deterministic demo dataset in the V1 layout.")
     parser.add_argument("--out", required=True, help="training data directory to write")
     parser.add_argument("--infer_out", default=None, help="also write an inference directory here")
-    parser.add_argument("--num_users", type=int, default=3000, help="number of training users")
-    parser.add_argument("--num_items", type=int, default=2000, help="number of items in the catalogue")
-    parser.add_argument("--num_infer_users", type=int, default=200, help="users in the inference directory")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the whole generative process")
+    parser.add_argument("--num_users", type=positive_int, default=3000, help="number of training users")
+    parser.add_argument("--num_items", type=int_at_least(MIN_ITEMS), default=2000, help="number of items in the catalogue")
+    parser.add_argument("--num_infer_users", type=positive_int, default=200, help="users in the inference directory")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the whole generative process")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output directories")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -25,6 +25,7 @@ import torch
 
 import bench
 import main
+from cli_types import non_negative_int, positive_int
 
 PRECISIONS = {"fp32": "none", "bf16": "bf16"}  # label -> --amp
 
@@ -37,11 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = main.build_parser()
     p.description = __doc__.splitlines()[0]
     g = p.add_argument_group("gpu check")
-    g.add_argument("--steps", type=int, default=300, help="timed training steps per precision")
-    g.add_argument("--warmup", type=int, default=20,
+    g.add_argument("--steps", type=positive_int, default=300, help="timed training steps per precision")
+    g.add_argument("--warmup", type=non_negative_int, default=20,
                    help="untimed steps first (kernels, allocator)")
     g.add_argument("--json", default=None, help="write the results here as JSON")
-    g.add_argument("--peak_size", type=int, default=None,
+    g.add_argument("--peak_size", type=positive_int, default=None,
                    help="side of the square matmul that measures the peak "
                         f"(default {bench.PEAK_SIZE} on CPU, {bench.PEAK_SIZE_CUDA} on CUDA)")
     p.set_defaults(device="cuda", num_epochs=1)

@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 import checkpoint as ckpt
+from cli_types import device_name, positive_int
 from batching import Ranges, query_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, FeatureSchema
 from inference_data import InferenceData, load_inference_dir
@@ -67,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=str(Path(result_dir) / RESULT_NAME) if result_dir else None,
                    help="result JSON; the .fbin/.u64bin files go to the same folder "
                         f"(env EVAL_RESULT_PATH: <EVAL_RESULT_PATH>/{RESULT_NAME})")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--batch_size", type=int, default=512,
+    p.add_argument("--device", type=device_name, default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--batch_size", type=positive_int, default=512,
                    help="users per forward pass and per scoring step")
-    p.add_argument("--topk", type=int, default=10, help="items recommended per user")
+    p.add_argument("--topk", type=positive_int, default=10, help="items recommended per user")
     p.add_argument("--ann", choices=ANN_METHODS, default="exact",
                    help="exact: score every candidate with the model's similarity; faiss: an "
                         "exact inner-product faiss index over the reduced vectors (same ranking; "
@@ -106,11 +107,8 @@ def training_args(config: dict) -> argparse.Namespace:
 
 def load_trained(path: str) -> tuple[argparse.Namespace, dict, dict]:
     """-> (training args, stored data description {schema, itemnum, usernum} or {}, weights)."""
-    saved = ckpt.load_checkpoint(path)
-    config = saved.get("config") if isinstance(saved, dict) else None
-    if not isinstance(config, dict) or "args" not in config or "model" not in saved:
-        raise ckpt.CheckpointError(f"{path}: not a training checkpoint of main.py (no model "
-                                   "weights or config args)")
+    saved = ckpt.load_training_checkpoint(path)
+    config = saved["config"]
     return training_args(config), config.get("data") or {}, saved["model"]
 
 
@@ -188,6 +186,18 @@ def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: i
             best_s, best_i = s, i
         out.append(best_i.cpu())
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+def check_finite_vectors(vectors: Tensor, what: str, names: list) -> None:
+    """(N, D) vectors -> InferenceError naming the first row with a NaN or inf. The last
+    defence: topk ranks NaN first, so one such candidate would top every user's list. One
+    device sync, once per run."""
+    bad = ~torch.isfinite(vectors).all(dim=1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise InferenceError(f"the vector of {what} {names[row]!r} (and {int(bad.sum()) - 1} "
+                             f"more) is not finite: a NaN or inf in its input data or in the "
+                             "checkpoint's weights")
 
 
 def topk_faiss(q_reduced: Tensor, v_reduced: Tensor, k: int, batch_size: int) -> Tensor:
@@ -277,6 +287,8 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         v_reduced = model.similarity.item_vectors(items).float()
         q_reduced = model.similarity.query_vectors(queries).float()
+    check_finite_vectors(v_reduced, "candidate", data.cand_creative_ids.tolist())
+    check_finite_vectors(q_reduced, "user", data.users)
     if args.ann == "faiss":
         top = topk_faiss(q_reduced, v_reduced, args.topk, args.batch_size)
     else:

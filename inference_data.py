@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data_rules import show
 import dataset  # load_item_feat_dict, discover_schema, mm_dim: the parse training does
 from dataset import (TOKEN_ITEM, TOKEN_PROFILE, BadRecords, DataError, FeatureSchema,
                      FeatureTables, SequenceData, fill_feature_tables, find_mm_source,
@@ -115,10 +116,11 @@ def load_inference_dir(data_dir: str | Path, schema: FeatureSchema | None = None
     else:
         _check_vocab(schema, indexer, data_dir)
     sparse, array, cont, mm, item_emb_id, cand_rows = _item_tables(
-        data_dir, schema, indexer["i"], item_feats, cold_items, candidates, cold_values)
+        data_dir, schema, indexer["i"], item_feats, cold_items, candidates, cold_values, bad)
     tables = FeatureTables(sparse, array, cont,
                            *fill_feature_tables(profiles, seqs.num_lines, schema, "user",
-                                                cold_values, "predict_seq.jsonl (user profile)"),
+                                                cold_values, "predict_seq.jsonl (user profile)",
+                                                bad_numbers=bad),
                            mm=mm)
     users, user_emb_id = _users(lines, indexer["u"], usernum)
     stats = {"lines": len(lines), "cold_users": int((user_emb_id[1:] == 0).sum()),
@@ -136,7 +138,7 @@ def load_inference_dir(data_dir: str | Path, schema: FeatureSchema | None = None
 
 def _item_tables(data_dir: Path, schema: FeatureSchema, item_indexer: dict,
                  item_feats: dict[int, dict], cold_items: dict, candidates: list,
-                 cold_values: BadRecords):
+                 cold_values: BadRecords, bad: BadRecords):
     """-> (sparse, array, continual, mm, item_emb_id, candidate rows) over all item rows:
     training items, then cold items of the sequences, then candidates."""
     itemnum = len(item_indexer)
@@ -147,7 +149,7 @@ def _item_tables(data_dir: Path, schema: FeatureSchema, item_indexer: dict,
     feats.update({itemnum + 1 + k: f for k, f in enumerate(cold_items.values())})
     feats.update({int(r): c[2] for r, c in zip(cand_rows, candidates)})
     sparse, array, cont = fill_feature_tables(feats, n_rows, schema, "item", cold_values,
-                                              "inference items")
+                                              "inference items", bad_numbers=bad)
     mm = _mm_tables(data_dir, schema, item_indexer, itemnum,
                     list(cold_items) + [c[0] for c in candidates])
     item_emb_id = np.zeros(n_rows + 1, np.int64)
@@ -193,6 +195,9 @@ def _parse_predict_seq(data_dir: Path, bad: BadRecords) -> list[_Line]:
     if len(offsets) != lineno:
         raise DataError(f"{offsets_path}: holds {len(offsets)} offsets but {path} has "
                         f"{lineno} lines")
+    if not lines:  # an empty result with exit 0 would look like success
+        raise DataError(f"{path}: no users to recommend for ({lineno} lines"
+                        f"{', all skipped as bad records' if lineno else ''})")
     return lines
 
 
@@ -206,11 +211,11 @@ def _parse_line(raw: bytes, where: str, bad: BadRecords) -> _Line | None:
     for n, rec in enumerate(records):
         if not isinstance(rec, list) or len(rec) != 6:
             bad(f"{where}: record {n}: expected [user_id, item_id, user_feature, item_feature, "
-                f"action_type, timestamp], got {str(rec)[:80]}")
+                f"action_type, timestamp], got {show(rec)}")
             continue
         u, i, u_feat, i_feat, _action, _ts = rec
         if not _is_id(u) or not _is_id(i):
-            bad(f"{where}: record {n}: user id {u!r} / item id {i!r}: expected an integer, "
+            bad(f"{where}: record {n}: user id {show(u)} / item id {show(i)}: expected an integer, "
                 "a string or null")
             continue
         if u and line.user is None:
@@ -237,7 +242,7 @@ def _is_id(x) -> bool:
 
 def _parse_predict_set(path: Path, bad: BadRecords) -> list[tuple[int, int, dict]]:
     """-> [(creative_id, retrieval_id, features)], the first line of a repeated creative id."""
-    out, seen, repeats = [], set(), 0
+    out, seen, repeats, line_of_rid = [], set(), 0, {}
     with open(path, "rb") as f:
         for lineno, raw in enumerate(tqdm(f, desc="parse predict_set.jsonl", disable=None,
                                           leave=False), 1):
@@ -254,12 +259,17 @@ def _parse_predict_set(path: Path, bad: BadRecords) -> list[tuple[int, int, dict
             if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
                        for x in (cid, rid)) or not isinstance(feats, dict | None):
                 bad(f"{where}: creative_id and retrieval_id must be non-negative integers and "
-                    f"features an object, got {cid!r}, {rid!r}, {type(feats).__name__}")
+                    f"features an object, got {show(cid)}, {show(rid)}, {type(feats).__name__}")
                 continue
             if cid in seen:  # the output lists distinct creative ids
                 repeats += 1
                 continue
+            if rid in line_of_rid:  # retrieval id -> creative id must be a function
+                bad(f"{where}: retrieval_id {rid} was already given on line {line_of_rid[rid]} "
+                    "to another creative_id; retrieval ids must be distinct")
+                continue
             seen.add(cid)
+            line_of_rid[rid] = lineno
             out.append((cid, rid, feats or {}))
     if repeats:
         log.warning("%s: %d lines repeat an earlier creative_id; kept the first of each",

@@ -30,7 +30,11 @@ import run_summary
 import tb_meta
 from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
     random_user_split, training_arrays
+from cli_types import (device_name, finite_float, int_at_least, non_negative_float,
+                       non_negative_int, positive_float, positive_int, unit_interval,
+                       unit_interval_right_open)
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
+from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
 from evaluate import evaluate
 from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
                    ModelConfigError)
@@ -91,16 +95,16 @@ def _data_flags(g) -> None:
                    help="multimodal feature ids to use from creative_emb/ (default: 81 when present)")
     g.add_argument("--on_bad_record", choices=BAD_RECORD_POLICIES, default="error",
                    help="a malformed record stops the run (error) or is skipped and counted (skip)")
-    g.add_argument("--demo_users", type=int, default=3000, help="users of the built-in demo dataset")
-    g.add_argument("--demo_items", type=int, default=2000, help="items of the built-in demo dataset")
+    g.add_argument("--demo_users", type=positive_int, default=3000, help="users of the built-in demo dataset")
+    g.add_argument("--demo_items", type=int_at_least(DEMO_MIN_ITEMS), default=2000, help="items of the built-in demo dataset")
 
 
 def _model_flags(g) -> None:
-    g.add_argument("--maxlen", type=int, default=101, help="tokens per sequence; arrays have maxlen+1 slots")
-    g.add_argument("--hidden_units", type=int, default=32, help="embedding and model width")
-    g.add_argument("--num_blocks", type=int, default=1, help="self-attention blocks")
-    g.add_argument("--num_heads", type=int, default=1, help="attention heads")
-    g.add_argument("--dropout_rate", type=float, default=0.2, help="dropout everywhere (embeddings, attention, FFN)")
+    g.add_argument("--maxlen", type=positive_int, default=101, help="tokens per sequence; arrays have maxlen+1 slots")
+    g.add_argument("--hidden_units", type=positive_int, default=32, help="embedding and model width")
+    g.add_argument("--num_blocks", type=positive_int, default=1, help="self-attention blocks")
+    g.add_argument("--num_heads", type=positive_int, default=1, help="attention heads")
+    g.add_argument("--dropout_rate", type=unit_interval_right_open, default=0.2, help="dropout everywhere (embeddings, attention, FFN)")
     g.add_argument("--norm_first", action="store_true", help="pre-LN blocks instead of post-LN")
     g.add_argument("--dnn_relu", action=argparse.BooleanOptionalAction, default=True,
                    help="ReLU after itemdnn and userdnn, as the baseline; --no-dnn_relu keeps them "
@@ -128,26 +132,26 @@ def _model_flags(g) -> None:
 
 
 def _training_flags(g) -> None:
-    g.add_argument("--batch_size", type=int, default=128, help="sequences per step")
-    g.add_argument("--lr", type=float, default=0.001, help="Adam learning rate")
-    g.add_argument("--adam_betas", type=float, nargs=2, default=list(BETAS), metavar=("B1", "B2"),
+    g.add_argument("--batch_size", type=positive_int, default=128, help="sequences per step")
+    g.add_argument("--lr", type=positive_float, default=0.001, help="Adam learning rate")
+    g.add_argument("--adam_betas", type=unit_interval_right_open, nargs=2, default=list(BETAS), metavar=("B1", "B2"),
                    help="Adam's betas; the baseline's 0.9 0.98 (torch's default is 0.9 0.999)")
-    g.add_argument("--num_epochs", type=int, default=3, help="training epochs")
-    g.add_argument("--l2_emb", type=float, default=0.0, help="weight of the item-embedding norm in the loss")
-    g.add_argument("--seed", type=int, default=42, help="seeds the split, init, dropout and negatives")
-    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    g.add_argument("--num_epochs", type=positive_int, default=3, help="training epochs")
+    g.add_argument("--l2_emb", type=non_negative_float, default=0.0, help="weight of the item-embedding norm in the loss")
+    g.add_argument("--seed", type=non_negative_int, default=42, help="seeds the split, init, dropout and negatives")
+    g.add_argument("--device", type=device_name, default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     g.add_argument("--sparse_embeddings", action="store_true",
                    help="id/feature tables take sparse gradients and a lazy Adam (SparseAdam): "
                         "step cost no longer grows with the catalogue")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model; losses and metrics stay fp32")
-    g.add_argument("--log_every", type=int, default=20, help="steps between Loss/train points")
+    g.add_argument("--log_every", type=positive_int, default=20, help="steps between Loss/train points")
     g.add_argument("--state_dict_path", default=None,
                    help="checkpoint folder or model.pt: resume training, or serve --inference_only")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --ckpt_dir; without --run_name and "
                         "folders: continue the most recent unfinished run under runs/ with its flags")
-    g.add_argument("--keep_checkpoints", type=int, default=3,
+    g.add_argument("--keep_checkpoints", type=non_negative_int, default=3,
                    help="keep the newest N epoch checkpoints (and always the best one); 0: keep all")
     g.add_argument("--inference_only", action="store_true",
                    help="no training: evaluate the --state_dict_path checkpoint and exit")
@@ -156,13 +160,13 @@ def _training_flags(g) -> None:
 def _sampling_flags(g) -> None:
     g.add_argument("--use_smart_sampling", action="store_true",
                    help="draw a share of negatives by popularity, the rest uniformly")
-    g.add_argument("--popular_ratio", type=float, default=0.3, help="share of popularity-drawn negatives")
+    g.add_argument("--popular_ratio", type=unit_interval, default=0.3, help="share of popularity-drawn negatives")
     g.add_argument("--popularity_source", choices=POPULARITY_SOURCES, default="counts",
                    help="counts: training frequency ** factor; power_law: 1 / item_id ** factor")
-    g.add_argument("--popularity_factor", type=float, default=0.75, help="exponent of the popularity")
+    g.add_argument("--popularity_factor", type=finite_float, default=0.75, help="exponent of the popularity")
     g.add_argument("--popular_ratio_schedule", choices=RATIO_SCHEDULES, default="constant",
                    help="linear: ramp the popular share from 0 to --popular_ratio (curriculum)")
-    g.add_argument("--curriculum_epochs", type=int, default=5, help="epochs of the linear ramp")
+    g.add_argument("--curriculum_epochs", type=positive_int, default=5, help="epochs of the linear ramp")
 
 
 def _evaluation_flags(g) -> None:
@@ -170,14 +174,14 @@ def _evaluation_flags(g) -> None:
                    help="random_user: the baseline's 90/10 user split with validation loss; "
                         "leave_one_out: ranking metrics on each user's last items (default: "
                         "random_user with --data_dir, as the baseline; leave_one_out on the demo data)")
-    g.add_argument("--eval_every", type=int, default=1, help="epochs between validation rankings")
-    g.add_argument("--patience", type=int, default=0,
+    g.add_argument("--eval_every", type=positive_int, default=1, help="epochs between validation rankings")
+    g.add_argument("--patience", type=non_negative_int, default=0,
                    help="stop after this many rankings without a better valid NDCG@10 (0: never)")
     g.add_argument("--eval_filter_seen", action=argparse.BooleanOptionalAction, default=True,
                    help="exclude the user's input items from the ranking")
-    g.add_argument("--eval_sampled", type=int, default=0,
+    g.add_argument("--eval_sampled", type=non_negative_int, default=0,
                    help="rank against N sampled negatives (the SASRec paper's 100) instead of all items")
-    g.add_argument("--eval_batch_size", type=int, default=128,
+    g.add_argument("--eval_batch_size", type=positive_int, default=128,
                    help="users per evaluation chunk (memory: 128 keeps ML-1M training + evaluation under 1 GB)")
 
 
@@ -188,8 +192,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = _resume_defaults(parser, argv, args)
     if len(set(args.similarity_types)) != len(args.similarity_types):
         parser.error(f"--similarity_types has a duplicate: {args.similarity_types}")
-    if not 0.0 <= args.popular_ratio <= 1.0:
-        parser.error("--popular_ratio must be in [0, 1]")
     if args.resume and args.state_dict_path:
         parser.error("--resume and --state_dict_path are alternatives: pass one")
     if args.sparse_embeddings and args.l2_emb:
@@ -197,8 +199,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "it cannot be combined with --sparse_embeddings")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
-    if args.keep_checkpoints < 0:
-        parser.error(f"--keep_checkpoints must be >= 0 (0 keeps all), got {args.keep_checkpoints}")
     if args.eval_protocol is None:  # the demo shows ranking metrics; real data: the baseline's
         args.eval_protocol = "random_user" if args.data_dir else "leave_one_out"
     if args.run_name is None:
@@ -409,7 +409,7 @@ def restore(args, model, optimizer, sampler, state: RunState) -> None:
             return
     if path is None:
         return
-    saved = ckpt.load_checkpoint(path)
+    saved = ckpt.load_training_checkpoint(path)
     ckpt.check_compatible(saved["config"]["args"], vars(args), path)
     try:
         dist.unwrap(model).load_state_dict(saved["model"])
@@ -583,6 +583,9 @@ def run_training(args) -> dict:
     model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
                         data.usernum).to(device)
     optimizer = build_optimizer(model, args.lr, args.adam_betas)
+    check_eval_sampled(args, data)
+    if dist.is_main() and not args.inference_only:
+        ckpt.prepare_dir(args.ckpt_dir, checkpoint_bytes(model))
     state = RunState()
     restore(args, model, optimizer, sampler, state)
     model = dist.wrap(model, device)
@@ -670,8 +673,9 @@ def final_test(model, data, split, args, device, amp_dtype, state, train: bool) 
     """{"valid": metrics, "test": metrics} of the best checkpoint (of the loaded one when not
     training)."""
     if train and state.best_path:
-        best = Path(args.ckpt_dir) / Path(state.best_path).name
-        dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best)["model"])
+        best = best_checkpoint(Path(args.ckpt_dir), state)
+        if best is not None:
+            dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best)["model"])
     return {"valid": run_evaluation(model, data, split.valid, args, device, amp_dtype),
             "test": run_evaluation(model, data, split.test, args, device, amp_dtype)}
 
@@ -704,6 +708,48 @@ def continue_hint(args, argv: list[str]) -> str:
     if has_checkpoint:
         return f"continue this run with: {command}"
     return f"no checkpoint of this run yet; start it again with: {command}"
+
+
+def best_checkpoint(ckpt_dir: Path, state) -> Path | None:
+    """The best checkpoint of the run; when it was deleted (users prune), the best one that
+    still exists, else None (the final weights stand). Updates state.best_* to what is used."""
+    best = ckpt_dir / Path(state.best_path).name
+    if (best / ckpt.WEIGHTS).is_file():
+        return best
+    fallback = ckpt.best_existing(ckpt_dir)
+    if fallback is None:
+        log.warning("best checkpoint %s is gone and no other checkpoint records a valid NDCG@10: "
+                    "testing the final model", best)
+        state.best_path, state.best_epoch = None, state.epoch
+        return None
+    epoch, _, config = ckpt.recorded_checkpoints(ckpt_dir)[fallback]
+    log.warning("best checkpoint %s is gone: testing the best that still exists, %s "
+                "(valid NDCG@10 %.4f)", best, fallback.name, config["valid_metrics"]["NDCG@10"])
+    state.best_path, state.best_epoch = fallback.name, epoch
+    return fallback
+
+
+def checkpoint_bytes(model) -> int:
+    """About one checkpoint's size: the weights and Adam's two moments per parameter."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def check_eval_sampled(args, data) -> None:
+    """--eval_sampled N needs N items outside every user's history and target (conservatively:
+    outside the user's whole line); found now, not after the first epoch."""
+    if not args.eval_sampled:
+        return
+    seqs = data.seqs
+    items = np.asarray(seqs.tok_type) == 1
+    line = np.repeat(np.arange(seqs.num_lines), np.diff(np.asarray(seqs.line_offsets)))
+    pairs = np.unique(line[items].astype(np.int64) * (data.itemnum + 1)
+                      + np.asarray(seqs.tok_id)[items])
+    distinct = np.bincount(pairs // (data.itemnum + 1), minlength=seqs.num_lines)
+    allowed = data.itemnum - int(distinct.max()) if len(distinct) else data.itemnum
+    if args.eval_sampled > allowed:
+        raise DataError(f"--eval_sampled {args.eval_sampled}: the catalogue has {data.itemnum} "
+                        f"items and the longest history {int(distinct.max())} distinct ones, so at "
+                        f"most {max(allowed, 0)} negatives can be drawn for every user")
 
 
 def _write_json_atomically(path: Path, obj) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from dataset import load_dataset
+from cli_types import int_at_least, non_negative_int, positive_int
 
 ITEM_FEATURES = {"100": 50, "101": 5000}  # fid -> vocabulary
 USER_FEATURES = {"103": 8, "104": 3}
@@ -191,10 +192,10 @@ def time_loads(data_dir: Path, cache_dir: Path, profile: bool, top: int = 25) ->
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=1_000_000, help="users (lines of seq.jsonl)")
-    p.add_argument("--mean_items", type=int, default=90, help="mean item records per user")
-    p.add_argument("--items", type=int, default=300_000, help="catalogue size")
-    p.add_argument("--seed", type=int, default=0, help="seeds everything generated")
+    p.add_argument("--users", type=positive_int, default=1_000_000, help="users (lines of seq.jsonl)")
+    p.add_argument("--mean_items", type=positive_int, default=90, help="mean item records per user")
+    p.add_argument("--items", type=int_at_least(2), default=300_000, help="catalogue size")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds everything generated")
     p.add_argument("--out", default=None, help="output folder (default: a new one under /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the data and its cache afterwards")
     p.add_argument("--profile", action="store_true", help="cProfile the first load (tottime)")
