@@ -36,12 +36,15 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: null action types stored as ACTION_NULL (2 folded them into 0)
 FEATURE_GROUPS = ("user_sparse", "user_array", "user_continual",
                   "item_sparse", "item_array", "item_continual")
 DEFAULT_MM_EMB_ID = "81"  # the competition's 32-d multimodal feature, used when present
 BAD_RECORD_POLICIES = ("error", "skip")
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
+# A null action type ("unknown", about 1 % of real records) is its own state, never an exposure
+# (0); known types are stored as they are, saturating at -127 / 127 so they never meet it.
+ACTION_NULL = -128
 
 
 class DataError(Exception):
@@ -73,7 +76,8 @@ class SequenceData:
     """All users' token sequences, flat. Line u holds tokens line_offsets[u]:line_offsets[u+1]."""
     tok_id: np.ndarray       # (T,) int32: item reid, or the user reid for a profile token
     tok_type: np.ndarray     # (T,) int8: 1 item, 2 user profile
-    tok_action: np.ndarray   # (T,) int8: action type of the record (null -> 0; saturates at +-127)
+    tok_action: np.ndarray   # (T,) int8: action type of the record (null -> ACTION_NULL;
+    #                          known types saturate at +-127; a profile token has 0)
     line_offsets: np.ndarray  # (U+1,) int64
     line_user: np.ndarray    # (U,) int32 user reid of each line
     has_profile: np.ndarray  # (U,) bool: the line's first token is its profile
@@ -383,10 +387,10 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
             u, i, u_feat, i_feat, action, _ts = rec
             if (type(i) is int and 0 < i <= itemnum and type(i_feat) is dict and u_feat is None
                     and (u is None or type(u) is int and 0 <= u <= usernum)
-                    and (action is None or type(action) is int and -128 <= action <= 127)):
+                    and (action is None or type(action) is int and -127 <= action <= 127)):
                 user = user or u or 0
                 if i_feat or keep_empty_items:
-                    items.append((i, i_feat, action or 0))
+                    items.append((i, i_feat, ACTION_NULL if action is None else action))
                 continue
         checked = _check_record(rec, f"{where}: record {n}", itemnum, usernum, bad)
         if checked is None:
@@ -398,7 +402,7 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
         if u and u_feat:
             profile = u_feat
         if i and (i_feat or (keep_empty_items and i_feat == {})):
-            items.append((i, i_feat, action or 0))
+            items.append((i, i_feat, ACTION_NULL if action is None else action))
     if items and not user:
         bad(f"{where}: no record names the user id")
         return None
@@ -419,8 +423,8 @@ def _check_record(rec, where: str, itemnum: int, usernum: int, bad: BadRecords):
     if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
         bad(f"{where}: action_type must be an integer or null, got {action!r}")
         return None
-    if action is not None and not -128 <= action <= 127:
-        action = 127 if action > 0 else -128  # unknown types are their own class; int8 holds them
+    if action is not None and not -127 <= action <= 127:
+        action = 127 if action > 0 else -127  # unknown types are their own class; int8 holds them
     for feats, name in ((u_feat, "user_feature"), (i_feat, "item_feature")):
         if feats and not isinstance(feats, dict):
             bad(f"{where}: {name} must be an object or null, got {type(feats).__name__}")
