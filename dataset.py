@@ -120,24 +120,51 @@ class Dataset:
 def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
                  mm_emb_ids: list[str] | None = None, on_bad_record: str = "error",
                  use_cache: bool = True) -> Dataset:
-    """Load `data_dir`, from the cache when its inputs are unchanged, else parse and cache.
+    """Load `data_dir` (V1 or V2 layout, detected from its files), from the cache when its
+    inputs are unchanged, else parse and cache.
 
     mm_emb_ids=None means feature 81 when creative_emb/ has it, else none.
     """
     data_dir = Path(data_dir)
-    _require(data_dir / "seq.jsonl", data_dir / "seq_offsets.pkl", data_dir / "indexer.pkl",
-             data_dir / "item_feat_dict.json")
-    mm_emb_ids = resolve_mm_ids(data_dir, mm_emb_ids)
-    key = _cache_key(data_dir, mm_emb_ids, on_bad_record)
+    layout = detect_layout(data_dir)
+    if layout == "v2":
+        from layouts import v2
+        mm_emb_ids = v2.resolve_mm_ids(data_dir, mm_emb_ids)
+        files, parse = v2.input_files(data_dir), v2.parse_v2
+    else:
+        _require(data_dir / "seq.jsonl", data_dir / "seq_offsets.pkl", data_dir / "indexer.pkl",
+                 data_dir / "item_feat_dict.json")
+        mm_emb_ids = resolve_mm_ids(data_dir, mm_emb_ids)
+        files, parse = _input_files(data_dir), _parse
+    key = _cache_key(data_dir, mm_emb_ids, on_bad_record, files)
     root = Path(cache_dir) if cache_dir else data_dir / ".cache"
-    path = root / f"v1-{key}"
+    path = root / f"{layout}-{key}"
     if use_cache and (path / "meta.json").exists():
         log.info("loading cached parse %s", path)
         return _read_cache(path)
-    dataset = _parse(data_dir, mm_emb_ids, on_bad_record)
+    dataset = parse(data_dir, mm_emb_ids, on_bad_record)
     if use_cache:
         _write_cache_atomically(dataset, path)
     return dataset
+
+
+V1_MARKERS = ("seq.jsonl", "seq_offsets.pkl", "item_feat_dict.json")
+
+
+def detect_layout(data_dir: Path) -> str:
+    """'v2' (a seq/ parquet folder), 'v1' (seq.jsonl or its companions), else DataError naming
+    what the directory holds."""
+    from layouts import v2
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a directory")
+    if v2.is_v2(data_dir):
+        return "v2"
+    if any((data_dir / n).exists() for n in V1_MARKERS):
+        return "v1"
+    found = sorted(p.name + "/" * p.is_dir() for p in data_dir.iterdir())
+    raise DataError(f"{data_dir}: neither a V1 data directory (seq.jsonl, seq_offsets.pkl, "
+                    "indexer.pkl, item_feat_dict.json) nor a V2 one (seq/, item_feat/, user_feat/ "
+                    f"parquet folders, indexer.pkl); found: {', '.join(found[:12]) or 'nothing'}")
 
 
 def _require(*paths: Path) -> None:
@@ -166,12 +193,13 @@ def _input_files(data_dir: Path) -> list[Path]:
     return [p for p in files if p.exists()]
 
 
-def _cache_key(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> str:
+def _cache_key(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str,
+               files: list[Path] | None = None) -> str:
     # The directory itself is part of the key: copies with preserved times (cp -p, rsync -t,
     # tar) have equal names, sizes and times, and must not share a cache entry.
     h = hashlib.sha256(json.dumps([CACHE_VERSION, str(data_dir.resolve()), mm_emb_ids,
                                    on_bad_record]).encode())
-    for p in _input_files(data_dir):
+    for p in _input_files(data_dir) if files is None else files:
         st = p.stat()
         h.update(f"{p.relative_to(data_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
