@@ -395,9 +395,11 @@ class _Lines:
 
 
 def read_sequences(files: list[Path], itemnum: int, usernum: int, item_usable: np.ndarray,
-                   user_profile: np.ndarray, bad: ds.BadRecords) -> tuple[ds.SequenceData, dict]:
+                   user_profile: np.ndarray, bad: ds.BadRecords,
+                   keep_empty: bool = False) -> tuple[ds.SequenceData, dict]:
     """seq/ -> SequenceData (lines in file order: profile token if the user has one, then the
-    kept events oldest first) and counts. item_usable (I+1,) / user_profile (U+1,) bool."""
+    kept events oldest first) and counts. item_usable (I+1,) / user_profile (U+1,) bool.
+    keep_empty: keep users without a usable item as lines too (inference answers every user)."""
     cap = event_upper_bound(files)
     lines = _Lines(_Buffer(np.int32, cap), _Buffer(np.int8, cap), [], [], [],
                    {"lines_without_items": 0, "events_without_item": 0, "null_action_types": 0,
@@ -412,7 +414,7 @@ def read_sequences(files: list[Path], itemnum: int, usernum: int, item_usable: n
             for g in range(pf.num_row_groups):
                 t = read_row_group(pf, path, g, ["user_id", "seq"])
                 _add_row_group(t, Where(path, g, first), itemnum, usernum, item_usable,
-                               user_profile, seen, lines, bad)
+                               user_profile, seen, lines, bad, keep_empty)
                 first += t.num_rows
                 bar.update(1)
     lens = np.concatenate(lines.lens) if lines.lens else np.zeros(0, np.int64)
@@ -444,7 +446,7 @@ def _events(col, where: Where) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _add_row_group(t: pa.Table, where: Where, itemnum: int, usernum: int,
                    item_usable: np.ndarray, user_profile: np.ndarray, seen: np.ndarray,
-                   lines: _Lines, bad: ds.BadRecords) -> None:
+                   lines: _Lines, bad: ds.BadRecords, keep_empty: bool = False) -> None:
     users, valid = int_values(t.column("user_id"), f"{where.path}: column 'user_id'")
     row_ok = valid & (users >= 1) & (users <= usernum)
     report(bad, ~row_ok, lambda i: f"{where(i)}: user_id {users[i] if valid[i] else None} is "
@@ -470,13 +472,14 @@ def _add_row_group(t: pa.Table, where: Where, itemnum: int, usernum: int,
     st["events_without_item"] += int((row_ok[ev_row] & (items == 0)).sum())
     st["events_of_featureless_items"] += int((present & ~keep).sum())
     st["null_action_types"] += int((keep & (action == ds.ACTION_NULL)).sum())
-    _append_lines(users, row_ok, ev_row, items, action, keep, user_profile, lines)
+    _append_lines(users, row_ok, ev_row, items, action, keep, user_profile, lines, keep_empty)
 
 
-def _append_lines(users, row_ok, ev_row, items, action, keep, user_profile, lines: _Lines) -> None:
+def _append_lines(users, row_ok, ev_row, items, action, keep, user_profile, lines: _Lines,
+                  keep_empty: bool) -> None:
     """Lines of this row group -> the buffers: [user if profile] + kept items, per row."""
     counts = np.bincount(ev_row[keep], minlength=len(users))
-    line = row_ok & (counts > 0)
+    line = row_ok & ((counts > 0) | keep_empty)
     lines.stats["lines_without_items"] += int((row_ok & (counts == 0)).sum())
     prof = line & user_profile[np.where(row_ok, users, 0)]
     lens = np.where(line, counts + prof, 0)
