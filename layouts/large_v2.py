@@ -76,14 +76,14 @@ def write_seq(out: Path, rng, users: int, items: int, conversions: float,
     return {"events": events, "null_actions": nulls}
 
 
-def write_user_feat(out: Path, rng, users: int) -> None:
+def write_user_feat(out: Path, rng, users: int, cap: int | None = None) -> None:
     (out / "user_feat").mkdir(parents=True)
     for k, (lo, hi) in enumerate(_parts(users, PARTS)):
         n = hi - lo
         cols = {"user_id": pa.array(np.arange(lo, hi), pa.int64())}
-        for fid, v in USER_SPARSE_VOCAB.items():
+        for fid, v in _capped(USER_SPARSE_VOCAB, cap).items():
             cols[fid] = _nullable(rng, rng.integers(1, v + 1, n), 0.0 if fid == "103" else 0.2)
-        for fid, v in USER_ARRAY_VOCAB.items():
+        for fid, v in _capped(USER_ARRAY_VOCAB, cap).items():
             lengths = rng.integers(1, 4, n)
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
             values = pa.array(rng.integers(1, v + 1, int(lengths.sum())), pa.int64())
@@ -92,18 +92,19 @@ def write_user_feat(out: Path, rng, users: int) -> None:
         pq.write_table(pa.table(cols), out / "user_feat" / f"part-{k:05d}-large.parquet")
 
 
-def write_item_feat(out: Path, rng, items: int) -> None:
+def write_item_feat(out: Path, rng, items: int, cap: int | None = None) -> None:
     (out / "item_feat").mkdir(parents=True)
     for k, (lo, hi) in enumerate(_parts(items, PARTS)):
         n = hi - lo
         cols = {"item_id": pa.array(np.arange(lo, hi), pa.int64())}
-        for fid, v in ITEM_VOCAB.items():
+        for fid, v in _capped(ITEM_VOCAB, cap).items():
             cols[fid] = _nullable(rng, rng.integers(1, v + 1, n), 0.7 if fid == "115" else 0.02)
         pq.write_table(pa.table(cols), out / "item_feat" / f"part-{k:05d}-large.parquet")
 
 
-def write_indexer(out: Path, oids: np.ndarray, users: int) -> None:
-    vocab = {**ITEM_VOCAB, "111": VOCAB_111, **USER_SPARSE_VOCAB, **USER_ARRAY_VOCAB}
+def write_indexer(out: Path, oids: np.ndarray, users: int, cap: int | None = None) -> None:
+    vocab = _capped({**ITEM_VOCAB, "111": VOCAB_111, **USER_SPARSE_VOCAB, **USER_ARRAY_VOCAB},
+                    cap)
     indexer = {"u": {f"user_{k}": k for k in range(1, users + 1)},
                "i": dict(zip(oids.tolist(), range(1, len(oids) + 1))),
                "f": {fid: dict(zip(range(10_000_000, 10_000_000 + v), range(1, v + 1)))
@@ -113,7 +114,7 @@ def write_indexer(out: Path, oids: np.ndarray, users: int) -> None:
         pickle.dump(indexer, f, protocol=4)
 
 
-def write_candidates(out: Path, rng, oids: np.ndarray) -> np.ndarray:
+def write_candidates(out: Path, rng, oids: np.ndarray, cap: int | None = None) -> np.ndarray:
     """candidate/: seen OIDs (~13.8 % of the items) + 10 % unseen ones. -> the unseen OIDs."""
     items = len(oids)
     seen = rng.choice(oids, max(1, int(items * 660_000 / 4_783_154)), replace=False)
@@ -122,7 +123,7 @@ def write_candidates(out: Path, rng, oids: np.ndarray) -> np.ndarray:
     n = len(cand)
     cols = {"item_id": pa.array(cand, pa.int64()),
             "retrieval_id": pa.array(np.arange(n), pa.int64())}
-    for fid, v in ITEM_VOCAB.items():
+    for fid, v in _capped(ITEM_VOCAB, cap).items():
         cold = rng.random(n) < 0.05
         value = np.where(cold, rng.integers(10**9, 2 * 10**9, n), rng.integers(1, v + 1, n))
         text = pa.array(value.astype(str), pa.string(), mask=rng.random(n) < 0.02)
@@ -147,17 +148,22 @@ def write_mm81(out: Path, rng, oids: np.ndarray, unseen: np.ndarray, chunk: int 
         pq.write_table(table, folder / f"part-{k:05d}-large.parquet")
 
 
+def _capped(vocab: dict, cap: int | None) -> dict:
+    return {fid: min(v, cap) if cap else v for fid, v in vocab.items()}
+
+
 def write_large_v2(out: Path, users: int, items: int, seed: int, conversions: float = 0.0,
-                   mm: bool = False) -> dict:
-    """Write the whole directory; -> counts and the input bytes the parse reads."""
+                   mm: bool = False, vocab_cap: int | None = None) -> dict:
+    """Write the whole directory; -> counts and the input bytes the parse reads.
+    vocab_cap: at most this many values per feature (tests; None: the release's sizes)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     oids = OID_BASE + np.arange(items, dtype=np.int64) * 7 + rng.integers(0, 7, items)
     info = write_seq(out, rng, users, items, conversions)
-    write_user_feat(out, rng, users)
-    write_item_feat(out, rng, items)
-    write_indexer(out, oids, users)
-    unseen = write_candidates(out, rng, oids)
+    write_user_feat(out, rng, users, vocab_cap)
+    write_item_feat(out, rng, items, vocab_cap)
+    write_indexer(out, oids, users, vocab_cap)
+    unseen = write_candidates(out, rng, oids, vocab_cap)
     if mm:
         write_mm81(out, rng, oids, unseen)
     size = lambda *names: sum(p.stat().st_size for n in names  # noqa: E731

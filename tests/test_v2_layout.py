@@ -293,3 +293,40 @@ def test_writer_matches_v1_users_given_by_generator(tmp_path):
     write_v2_dataset(tmp_path / "v2", users, small_items(), SMALL_KINDS)
     data = load_dataset(tmp_path / "v2", use_cache=False)
     assert data.seqs.num_lines == 5 and data.seqs.has_profile.all()
+
+
+@pytest.mark.parametrize("dataset", ["sasrec", "movielens-1m"])
+def test_prepare_data_layout_v2_parses_as_v1(tmp_path, dataset):
+    import prepare_data
+    from test_prepare_data import make_ml1m, write
+    if dataset == "sasrec":
+        src = write(tmp_path / "pairs.txt", "2 10\n2 30\n1 30\n1 20\n1 10\n3 20\n")
+    else:
+        src = make_ml1m(tmp_path / "ml")
+    for layout in ("v1", "v2"):
+        assert prepare_data.main([dataset, "--src", str(src), "--out", str(tmp_path / layout),
+                                  "--layout", layout, "--skip_check"]) == 0
+    assert (tmp_path / "v2" / "seq").is_dir() and not (tmp_path / "v2" / "seq.jsonl").exists()
+    assert_same(load_dataset(tmp_path / "v1", use_cache=False),
+                load_dataset(tmp_path / "v2", use_cache=False))
+
+
+def test_large_v2_writer_has_the_checklist_quirks(tmp_path):
+    from layouts.large_v2 import write_large_v2
+    info = write_large_v2(tmp_path / "d", users=300, items=400, seed=0, conversions=0.05, mm=True,
+                          vocab_cap=50)
+    data = load_dataset(tmp_path / "d", use_cache=False)
+    assert len(data.seqs.tok_id) == info["tokens"]  # every event usable, every user a profile
+    assert data.seqs.has_profile.all() and sorted(data.seqs.line_user.tolist()) == \
+        list(range(1, 301))
+    actions = set(data.seqs.tok_action.tolist())
+    assert {0, 1, 2, ACTION_NULL} <= actions
+    assert "111" not in data.schema.item_sparse and len(data.schema.item_sparse) == 13
+    assert data.schema.user_array == ["106", "107", "108", "110"]
+    cand = pq.read_table(tmp_path / "d" / "candidate")
+    cold = pa.compute.struct_field(cand.column("100"), "cold_start")
+    assert cand.column("100").null_count > 0 and pa.compute.sum(cold).as_py() > 0
+    assert sorted(cand.column("retrieval_id").to_pylist()) == list(range(cand.num_rows))
+    emb = pq.read_table(tmp_path / "d" / "mm_emb" / "emb_81_32_parquet")
+    assert emb.schema.field("anonymous_cid").type == pa.string()
+    assert len(emb.column("emb")[0]) == 32
