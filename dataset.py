@@ -154,10 +154,10 @@ V1_MARKERS = ("seq.jsonl", "seq_offsets.pkl", "item_feat_dict.json")
 def detect_layout(data_dir: Path) -> str:
     """'v2' (a seq/ parquet folder), 'v1' (seq.jsonl or its companions), else DataError naming
     what the directory holds."""
-    from layouts import v2
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: not a directory")
-    if v2.is_v2(data_dir):
+    # layouts.v2.is_v2, spelled out here so that V1 runs never import pyarrow
+    if (data_dir / "seq").is_dir() or (data_dir / "seq.parquet").is_file():
         return "v2"
     if any((data_dir / n).exists() for n in V1_MARKERS):
         return "v1"
