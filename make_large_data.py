@@ -256,7 +256,7 @@ base = hwm()
 t, c = time.perf_counter(), time.process_time()
 d = load_dataset({str(data_dir)!r}, {str(cache_dir)!r})
 t_ = d.seqs.tok_id  # summed in slices: an int64 copy of all of it would inflate the RSS
-s = sum(int(t_[i:i + 1 << 24].sum(dtype=np.int64)) for i in range(0, len(t_), 1 << 24)) if {touch} else 0
+s = sum(int(t_[i:i + (1 << 24)].sum(dtype=np.int64)) for i in range(0, len(t_), 1 << 24)) if {touch} else 0
 print(json.dumps({{"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
                   "tokens": len(d.seqs.tok_id), "checksum": s, "rss_after_imports_mb": base,
                   "peak_rss_mb": hwm()}}))
