@@ -330,3 +330,14 @@ def test_large_v2_writer_has_the_checklist_quirks(tmp_path):
     emb = pq.read_table(tmp_path / "d" / "mm_emb" / "emb_81_32_parquet")
     assert emb.schema.field("anonymous_cid").type == pa.string()
     assert len(emb.column("emb")[0]) == 32
+
+
+def test_bench_datasets_times_each_directory(tmp_path):
+    import bench_datasets
+    for name in ("a", "b"):
+        write_v2_dataset(tmp_path / name, small_users(), small_items(), SMALL_KINDS)
+    medians = bench_datasets.run([str(tmp_path / "a"), str(tmp_path / "b"), "--steps", "1",
+                                  "--warmup", "0", "--device", "cpu", "--sparse_embeddings",
+                                  "--batch_size", "2", "--maxlen", "4"])
+    assert set(medians) == {str(tmp_path / "a"), str(tmp_path / "b")}
+    assert all(t > 0 for t in medians.values())
