@@ -45,7 +45,7 @@ def load_inference_v2(data_dir: str | Path, schema: ds.FeatureSchema | None = No
     checkpoint); schema None rediscovers it from the directory, as training does."""
     data_dir = Path(data_dir)
     files = {name: v2.part_files(data_dir, name) for name in (*v2.FOLDERS, "candidate")}
-    v2._require(data_dir, files)
+    v2.require_folders(data_dir, files)
     if not files["candidate"]:
         raise ds.DataError(f"{data_dir / 'candidate'}: missing or without *.parquet files (V2 "
                            "inference needs the candidate pool)")

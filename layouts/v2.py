@@ -86,7 +86,7 @@ def _short(e: Exception) -> str:
     return " ".join(str(e).split())[:200]
 
 
-def _require(data_dir: Path, files: dict[str, list[Path]]) -> None:
+def require_folders(data_dir: Path, files: dict[str, list[Path]]) -> None:
     for name in REQUIRED_FOLDERS:
         if not files[name]:
             raise ds.DataError(f"{data_dir / name}: missing or without *.parquet files (a V2 data "
@@ -550,7 +550,7 @@ def parse_v2(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> ds.Da
     data_dir = Path(data_dir)
     bad = ds.BadRecords(on_bad_record)
     files = {name: part_files(data_dir, name) for name in FOLDERS}
-    _require(data_dir, files)
+    require_folders(data_dir, files)
     indexer = ds.load_pickle_checked(data_dir / INDEXER)
     ds.check_indexer(indexer, data_dir / INDEXER)
     itemnum, usernum = len(indexer["i"]), len(indexer["u"])
