@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset import TOKEN_ITEM, SequenceData
+from dataset import ACTION_NULL, TOKEN_ITEM, SequenceData
 
 SPLITS = ("random_user", "leave_one_out")
 
@@ -99,7 +99,9 @@ def training_arrays(seqs: SequenceData, ranges: Ranges, maxlen: int) -> dict[str
         "seq": np.where(valid, seqs.tok_id[inp], 0).astype(np.int64),
         "token_type": np.where(valid, seqs.tok_type[inp], 0).astype(np.int64),
         "next_token_type": next_type,
-        "next_action_type": np.where(valid, seqs.tok_action[tgt], 0).astype(np.int64),
+        # a null action type (ACTION_NULL in storage) gives 0 here, as the baseline's sample
+        "next_action_type": np.where(valid & (seqs.tok_action[tgt] != ACTION_NULL),
+                                     seqs.tok_action[tgt], 0).astype(np.int64),
         "pos": np.where(next_type == TOKEN_ITEM, seqs.tok_id[tgt], 0).astype(np.int64),
     }
 

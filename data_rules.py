@@ -16,6 +16,8 @@ import math
 import re
 import reprlib
 
+import numpy as np
+
 FLOAT32_MAX = 3.4028234663852886e38
 SCHEMA_GROUPS = ("user_sparse", "user_array", "user_continual",
                  "item_sparse", "item_array", "item_continual")
@@ -44,6 +46,14 @@ def finite_float32(value) -> float | None:
     if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
         return None
     return x
+
+
+def not_finite_float32(values) -> np.ndarray:
+    """(n,) numbers -> (n,) bool: the values finite_float32 rejects (NaN, +-inf, beyond float32),
+    vectorised for the column-wise readers (V2 parquet)."""
+    x = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(x) | (np.abs(x) > FLOAT32_MAX)
 
 
 def feature_id_problem(fid) -> str | None:

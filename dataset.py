@@ -37,12 +37,15 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: null action types stored as ACTION_NULL (2 folded them into 0)
 FEATURE_GROUPS = ("user_sparse", "user_array", "user_continual",
                   "item_sparse", "item_array", "item_continual")
 DEFAULT_MM_EMB_ID = "81"  # the competition's 32-d multimodal feature, used when present
 BAD_RECORD_POLICIES = ("error", "skip")
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
+# A null action type ("unknown", about 1 % of real records) is its own state, never an exposure
+# (0); known types are stored as they are, saturating at -127 / 127 so they never meet it.
+ACTION_NULL = -128
 
 
 class DataError(Exception):
@@ -74,7 +77,8 @@ class SequenceData:
     """All users' token sequences, flat. Line u holds tokens line_offsets[u]:line_offsets[u+1]."""
     tok_id: np.ndarray       # (T,) int32: item reid, or the user reid for a profile token
     tok_type: np.ndarray     # (T,) int8: 1 item, 2 user profile
-    tok_action: np.ndarray   # (T,) int8: action type of the record (null -> 0; saturates at +-127)
+    tok_action: np.ndarray   # (T,) int8: action type of the record (null -> ACTION_NULL;
+    #                          known types saturate at +-127; a profile token has 0)
     line_offsets: np.ndarray  # (U+1,) int64
     line_user: np.ndarray    # (U,) int32 user reid of each line
     has_profile: np.ndarray  # (U,) bool: the line's first token is its profile
@@ -117,28 +121,55 @@ class Dataset:
 def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
                  mm_emb_ids: list[str] | None = None, on_bad_record: str = "error",
                  use_cache: bool = True) -> Dataset:
-    """Load `data_dir`, from the cache when its inputs are unchanged, else parse and cache.
+    """Load `data_dir` (V1 or V2 layout, detected from its files), from the cache when its
+    inputs are unchanged, else parse and cache.
 
     mm_emb_ids=None means feature 81 when creative_emb/ has it, else none.
     """
     data_dir = Path(data_dir)
-    _require(data_dir / "seq.jsonl", data_dir / "seq_offsets.pkl", data_dir / "indexer.pkl",
-             data_dir / "item_feat_dict.json")
-    mm_emb_ids = resolve_mm_ids(data_dir, mm_emb_ids)
-    key = _cache_key(data_dir, mm_emb_ids, on_bad_record)
+    layout = detect_layout(data_dir)
+    if layout == "v2":
+        from layouts import v2
+        mm_emb_ids = v2.resolve_mm_ids(data_dir, mm_emb_ids)
+        files, parse = v2.input_files(data_dir), v2.parse_v2
+    else:
+        _require(data_dir / "seq.jsonl", data_dir / "seq_offsets.pkl", data_dir / "indexer.pkl",
+                 data_dir / "item_feat_dict.json")
+        mm_emb_ids = resolve_mm_ids(data_dir, mm_emb_ids)
+        files, parse = _input_files(data_dir), _parse
+    key = _cache_key(data_dir, mm_emb_ids, on_bad_record, files)
     root = Path(cache_dir) if cache_dir else data_dir / ".cache"
-    path = root / f"v1-{key}"
+    path = root / f"{layout}-{key}"
     if use_cache and (path / "meta.json").exists():
         log.info("loading cached parse %s", path)
         cached = _read_cache_or_discard(path)
         if cached is not None:
             return cached
-    dataset = _parse(data_dir, mm_emb_ids, on_bad_record)
+    dataset = parse(data_dir, mm_emb_ids, on_bad_record)
     if use_cache:
         _write_cache_atomically(dataset, path, {"data_dir": str(data_dir.resolve()),
                                                 "mm_emb_ids": mm_emb_ids,
                                                 "on_bad_record": on_bad_record})
     return dataset
+
+
+V1_MARKERS = ("seq.jsonl", "seq_offsets.pkl", "item_feat_dict.json")
+
+
+def detect_layout(data_dir: Path) -> str:
+    """'v2' (a seq/ parquet folder), 'v1' (seq.jsonl or its companions), else DataError naming
+    what the directory holds."""
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a directory")
+    # layouts.v2.is_v2, spelled out here so that V1 runs never import pyarrow
+    if (data_dir / "seq").is_dir() or (data_dir / "seq.parquet").is_file():
+        return "v2"
+    if any((data_dir / n).exists() for n in V1_MARKERS):
+        return "v1"
+    found = sorted(p.name + "/" * p.is_dir() for p in data_dir.iterdir())
+    raise DataError(f"{data_dir}: neither a V1 data directory (seq.jsonl, seq_offsets.pkl, "
+                    "indexer.pkl, item_feat_dict.json) nor a V2 one (seq/, item_feat/, user_feat/ "
+                    f"parquet folders, indexer.pkl); found: {', '.join(found[:12]) or 'nothing'}")
 
 
 def _require(*paths: Path) -> None:
@@ -167,12 +198,13 @@ def _input_files(data_dir: Path) -> list[Path]:
     return [p for p in files if p.exists()]
 
 
-def _cache_key(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> str:
+def _cache_key(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str,
+               files: list[Path] | None = None) -> str:
     # The directory itself is part of the key: copies with preserved times (cp -p, rsync -t,
     # tar) have equal names, sizes and times, and must not share a cache entry.
     h = hashlib.sha256(json.dumps([CACHE_VERSION, str(data_dir.resolve()), mm_emb_ids,
                                    on_bad_record]).encode())
-    for p in _input_files(data_dir):
+    for p in _input_files(data_dir) if files is None else files:
         st = p.stat()
         h.update(f"{p.relative_to(data_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
@@ -407,11 +439,11 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
             if (type(i) is int and 0 < i <= itemnum and type(i_feat) is dict and u_feat is None
                     and (u is None or type(u) is int and 0 <= u <= usernum
                          and (not u or not user or u == user))
-                    and (action is None or type(action) is int and -128 <= action <= 127)
+                    and (action is None or type(action) is int and -127 <= action <= 127)
                     and (type(ts) is int or ts is None)):
                 user = user or u or 0
                 if i_feat or keep_empty_items:
-                    items.append((i, i_feat, action or 0, ts))
+                    items.append((i, i_feat, ACTION_NULL if action is None else action, ts))
                 continue
         checked = _check_record(rec, f"{where}: record {n}", itemnum, usernum, bad)
         if checked is None:
@@ -427,7 +459,7 @@ def _parse_line(line: bytes, path: Path, lineno: int, itemnum: int, usernum: int
         if u and u_feat:
             profile = u_feat
         if i and (i_feat or (keep_empty_items and i_feat == {})):
-            items.append((i, i_feat, action or 0, ts))
+            items.append((i, i_feat, ACTION_NULL if action is None else action, ts))
     if items and not user:
         bad(f"{where}: no record names the user id")
         return None
@@ -449,8 +481,8 @@ def _check_record(rec, where: str, itemnum: int, usernum: int, bad: BadRecords):
     if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
         bad(f"{where}: action_type must be an integer or null, got {show(action)}")
         return None
-    if action is not None and not -128 <= action <= 127:
-        action = 127 if action > 0 else -128  # unknown types are their own class; int8 holds them
+    if action is not None and not -127 <= action <= 127:
+        action = 127 if action > 0 else -127  # unknown types are their own class; int8 holds them
     for feats, name in ((u_feat, "user_feature"), (i_feat, "item_feature")):
         if feats and not isinstance(feats, dict):
             bad(f"{where}: {name} must be an object or null, got {type(feats).__name__}")

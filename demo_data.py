@@ -92,13 +92,25 @@ def write_demo_dataset(
     num_items: int = 2000,
     seed: int = 0,
     overwrite: bool = False,
+    layout: str = "v1",
 ) -> dict[str, Any]:
-    """Write the demo training directory (V1 layout) and return write_v1_dataset's summary."""
+    """Write the demo training directory and return the writer's summary.
+
+    layout "v1": write_v1_dataset; "v2": layouts.write_v2 (the parquet release's layout), whose
+    candidate/ holds every catalogue item plus some cold ones (unseen OIDs and values)."""
     if num_items < MIN_ITEMS or num_users < 1:
         raise ValueError(f"need num_items >= {MIN_ITEMS} and num_users >= 1")
     world = _make_world(num_items, seed)
     users = (_train_user(world, seed, idx) for idx in range(num_users))
     mm = {MM_FEATURE_ID: {int(world.cids[i]): world.emb[i] for i in np.flatnonzero(world.has_emb)}}
+    if layout == "v2":
+        from layouts.write_v2 import write_v2_dataset
+        cold = _make_cold_items(world, seed, max(5, num_items // 50))
+        catalogue = {**_item_features(world), **cold["features"]}
+        candidates = [{"creative_id": cid, "retrieval_id": rid, "features": feats}
+                      for rid, (cid, feats) in enumerate(catalogue.items())]
+        return write_v2_dataset(out_dir, users, _item_features(world), FEATURE_KINDS, mm,
+                                candidates=candidates, overwrite=overwrite)
     return write_v1_dataset(
         out_dir, users, _item_features(world), FEATURE_KINDS, mm, "pkl", overwrite=overwrite
     )
@@ -367,11 +379,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num_infer_users", type=positive_int, default=200, help="users in the inference directory")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the whole generative process")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output directories")
+    parser.add_argument("--layout", choices=("v1", "v2"), default="v1",
+                        help="v1: seq.jsonl + pickles; v2: the parquet release's folders, with "
+                             "candidate/ (--infer_out is V1 only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     summary = write_demo_dataset(
-        args.out, args.num_users, args.num_items, args.seed, overwrite=args.overwrite
+        args.out, args.num_users, args.num_items, args.seed, overwrite=args.overwrite,
+        layout=args.layout,
     )
     log.info(
         "wrote %s: %d users, %d items, %d item records in %.2fs",

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,9 @@ import checkpoint as ckpt
 from cli_types import device_name, positive_int
 from batching import Ranges, query_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, FeatureSchema
-from inference_data import InferenceData, load_inference_dir
+import seen as seen_filter
+from inference_data import InferenceData
+from layouts.inference_v2 import load_inference
 from main import AMP_DTYPES, autocast, build_model, feature_tensors, resolve_device, to_device
 from main import build_parser as training_parser
 from model import BaseModel
@@ -60,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--eval_data_dir", default=os.environ.get(ENV_DEFAULTS["eval_data_dir"]),
-                   help="inference directory: indexer.pkl, item_feat_dict.json, creative_emb/, "
-                        "predict_seq.jsonl, predict_seq_offsets.pkl, predict_set.jsonl "
+                   help="inference directory, V1 (indexer.pkl, item_feat_dict.json, "
+                        "creative_emb/, predict_seq.jsonl, predict_seq_offsets.pkl, "
+                        "predict_set.jsonl) or V2 (seq/, item_feat/, user_feat/, candidate/, "
+                        "indexer.pkl: the users of seq/ ranked over candidate/) "
                         "(env EVAL_DATA_PATH)")
     p.add_argument("--state_dict_path", required=True,
                    help="checkpoint folder (epochNNN_stepNNNNNNNNN/) or its model.pt")
@@ -78,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs faiss)")
     p.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model's forward passes; scoring stays fp32")
+    p.add_argument("--exclude_seen", action=argparse.BooleanOptionalAction, default=True,
+                   help="drop candidates the user already interacted with (the competition's "
+                        "targets are items new to the user); seen ones fill in only when fewer "
+                        "than --topk unseen candidates remain")
+    p.add_argument("--official_result", default=None,
+                   help="also write the official eval.py's result.json ({time, top10s, user}) "
+                        "into this folder")
     p.add_argument("--on_bad_record", choices=BAD_RECORD_POLICIES, default="error",
                    help="a malformed record stops the run (error) or is skipped and counted "
                         "(skip); cold ids and unseen feature values are never errors")
@@ -265,6 +277,13 @@ def write_outputs(output: Path, data: InferenceData, top: Tensor, q_reduced: Ten
     return result
 
 
+def write_official_result(folder: Path, result: dict) -> None:
+    """The official eval.py's result.json: {"time": unix seconds, "top10s", "user"}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "result.json", {"time": int(time.time()), "top10s": result["top10s"],
+                                        "user": result["users"]})
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv=None) -> dict:
@@ -279,8 +298,11 @@ def main(argv=None) -> dict:
     amp_dtype = AMP_DTYPES[args.amp]
     train_args, stored, weights = load_trained(args.state_dict_path)
     schema = FeatureSchema.from_dict(stored["schema"]) if "schema" in stored else None
-    data = load_inference_dir(args.eval_data_dir, schema, stored.get("itemnum"),
-                              stored.get("usernum"), train_args.mm_emb_id, args.on_bad_record)
+    data = load_inference(args.eval_data_dir, schema, stored.get("itemnum"),
+                          stored.get("usernum"), train_args.mm_emb_id, args.on_bad_record)
+    seen = (seen_filter.seen_candidates(data.seqs, data.item_emb_id, data.cand_rows)
+            if args.exclude_seen else np.zeros((0, 2), np.int64))
+    k = args.topk + seen_filter.extra_k(seen, data.seqs.num_lines)
     model = load_model(train_args, data, weights, device)
     items = candidate_vectors(model, data.cand_rows, device, amp_dtype)
     queries = user_queries(model, data, train_args.maxlen, device, amp_dtype, args.batch_size)
@@ -290,10 +312,13 @@ def main(argv=None) -> dict:
     check_finite_vectors(v_reduced, "candidate", data.cand_creative_ids.tolist())
     check_finite_vectors(q_reduced, "user", data.users)
     if args.ann == "faiss":
-        top = topk_faiss(q_reduced, v_reduced, args.topk, args.batch_size)
+        top = topk_faiss(q_reduced, v_reduced, k, args.batch_size)
     else:
-        top = topk_exact(model.similarity, queries, items, args.topk, args.batch_size)
+        top = topk_exact(model.similarity, queries, items, k, args.batch_size)
+    top = torch.from_numpy(seen_filter.drop_seen(top.numpy(), seen, len(items), args.topk))
     result = write_outputs(Path(args.output), data, top, q_reduced, v_reduced)
+    if args.official_result:
+        write_official_result(Path(args.official_result), result)
     log.info("wrote top-%d of %d candidates for %d users to %s", top.shape[1], len(items),
              len(result["users"]), args.output)
     return result

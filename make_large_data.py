@@ -1,7 +1,13 @@
-"""Write a large synthetic V1 directory fast, then time dataset.load_dataset on it.
+"""Write a large synthetic V1 (or V2) directory fast, then time dataset.load_dataset on it.
 
     python make_large_data.py [--users 1000000] [--mean_items 90] [--items 300000] [--out DIR]
     python make_large_data.py --users 20000 --profile     # where the first parse spends its time
+    python make_large_data.py --layout v2 --users 1000000 --items 4800000   # the 1M release's shape
+
+--layout v2 writes the public parquet release's shape with the spec's checklist quirks (see
+layouts/large_v2.py) and measures the first parse (MB/s of the parquet + indexer input), its peak
+RSS (in a fresh process, so nothing else counts), the reload from the cache, and the cache's
+bytes per token.
 
 Data (competition-like, ~91 tokens per user with the defaults): each user has U(mean/3,
 5 mean/3) item records drawn from a Zipf(1) popularity over the items, ascending timestamps,
@@ -26,6 +32,8 @@ import json
 import pickle
 import pstats
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -200,7 +208,16 @@ def main(argv=None) -> dict:
     p.add_argument("--keep", action="store_true", help="keep the data and its cache afterwards")
     p.add_argument("--profile", action="store_true", help="cProfile the first load (tottime)")
     p.add_argument("--json", default=None, help="write the numbers here as JSON")
+    p.add_argument("--layout", choices=("v1", "v2"), default="v1",
+                   help="v1: seq.jsonl + pickles (--mean_items); v2: the parquet release's shape "
+                        "(~91 events per user, 13 item and 8 user features, candidate/)")
+    p.add_argument("--conversions", type=float, default=0.0,
+                   help="v2: share of events with action type 2 (10M-like data)")
+    p.add_argument("--mm", action="store_true",
+                   help="v2: also write mm_emb/emb_81_32_parquet (87 %% of the items)")
     args = p.parse_args(argv)
+    if args.layout == "v2":
+        return main_v2(args)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="taac-large-", dir="/tmp"))
     if (out / "seq.jsonl").exists():
         raise SystemExit(f"{out} already holds a dataset; pass another --out")
@@ -223,6 +240,79 @@ def main(argv=None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=2))
     return info
+
+
+def _load_in_child(data_dir: Path, cache_dir: Path, touch: bool) -> dict:
+    """load_dataset in a fresh interpreter: its peak RSS is the load's alone (plus imports,
+    reported as rss_after_imports_mb)."""
+    code = f"""
+import json, re, sys, time
+def hwm():  # peak RSS of this process image (ru_maxrss would include the parent's, from fork)
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1]) / 1024
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import numpy as np
+from dataset import load_dataset
+import layouts.v2
+base = hwm()
+t, c = time.perf_counter(), time.process_time()
+d = load_dataset({str(data_dir)!r}, {str(cache_dir)!r})
+t_ = d.seqs.tok_id  # summed in slices: an int64 copy of all of it would inflate the RSS
+s = sum(int(t_[i:i + (1 << 24)].sum(dtype=np.int64)) for i in range(0, len(t_), 1 << 24)) if {touch} else 0
+print(json.dumps({{"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
+                  "tokens": len(d.seqs.tok_id), "checksum": s, "rss_after_imports_mb": base,
+                  "peak_rss_mb": hwm()}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"load failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main_v2(args) -> dict:
+    from layouts.large_v2 import write_large_v2
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="taac-large-v2-", dir="/tmp"))
+    if (out / "data").exists():
+        raise SystemExit(f"{out} already holds a dataset; pass another --out")
+    try:
+        start = time.perf_counter()
+        info = write_large_v2(out / "data", args.users, args.items, args.seed, args.conversions,
+                              args.mm)
+        info["generate_seconds"] = time.perf_counter() - start
+        first = _load_in_child(out / "data", out / "cache", touch=False)
+        again = _load_in_child(out / "data", out / "cache", touch=True)
+        assert first["tokens"] == again["tokens"] == info["tokens"], "the parse lost tokens"
+        mb = (info["seq_bytes"] + info["feat_bytes"] + info["indexer_bytes"]) / 1e6
+        info.update({"input_mb": mb, "seq_mb": info["seq_bytes"] / 1e6,
+                     "first_load_seconds": first["seconds"],
+                     "first_parse_mb_per_s": mb / first["seconds"],
+                     "first_parse_seq_mb_per_s": info["seq_bytes"] / 1e6 / first["seconds"],
+                     "first_load_peak_rss_mb": first["peak_rss_mb"],
+                     "rss_after_imports_mb": first["rss_after_imports_mb"],
+                     "reload_seconds_touching_every_token": again["seconds"],
+                     "reload_peak_rss_mb": again["peak_rss_mb"],
+                     **cache_bytes_per_token(out / "cache", info["tokens"])})
+    finally:
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    report_v2(info)
+    if args.json:
+        Path(args.json).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def report_v2(info: dict) -> None:
+    print(f"V2: {info['users']:,} users, {info['items']:,} items, {info['tokens']:,} tokens "
+          f"({info['tokens'] / info['users']:.1f} per user, {info['null_actions']:,} null action "
+          f"types); input {info['input_mb']:,.0f} MB (seq {info['seq_mb']:,.0f} MB, indexer "
+          f"{info['indexer_bytes'] / 1e6:,.0f} MB); generated in {info['generate_seconds']:.0f} s")
+    print(f"first load:  {info['first_load_seconds']:8.1f} s  ({info['first_parse_mb_per_s']:.1f} "
+          f"MB/s of the input, {info['first_parse_seq_mb_per_s']:.1f} MB/s of seq/; parse + "
+          f"cache write); peak RSS {info['first_load_peak_rss_mb']:,.0f} MB "
+          f"({info['rss_after_imports_mb']:,.0f} MB after imports)")
+    print(f"reload:      {info['reload_seconds_touching_every_token']:8.3f} s  (memory-mapped "
+          f"cache, reading every token id); peak RSS {info['reload_peak_rss_mb']:,.0f} MB")
+    print(f"cache: {info['token_arrays_bytes_per_token']:.2f} bytes/token in tok_id/"
+          f"tok_action, {info['all_sequence_arrays_bytes_per_token']:.2f} with the per-line arrays")
 
 
 def report(info: dict) -> None:

@@ -303,6 +303,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip_check", action="store_true", help="do not compare counts with the published ones"
     )
+    parser.add_argument(
+        "--layout", choices=("v1", "v2"), default="v1",
+        help="v1: seq.jsonl + pickles; v2: the parquet release's folders (seq/, item_feat/, ...)",
+    )
     return parser.parse_args(argv)
 
 
@@ -332,9 +336,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.out} exists and is not empty (use --overwrite)", file=sys.stderr)
         return 2
     users = tqdm(converted.users, desc="writing", unit=" users", disable=None, leave=False)
-    summary = write_v1_dataset(
-        args.out, users, converted.item_features, converted.feature_kinds, overwrite=args.overwrite
-    )
+    if args.layout == "v2":
+        from layouts.write_v2 import write_v2_dataset
+
+        summary = write_v2_dataset(
+            args.out, users, converted.item_features, converted.feature_kinds, overwrite=args.overwrite
+        )
+    else:
+        summary = write_v1_dataset(
+            args.out, users, converted.item_features, converted.feature_kinds, overwrite=args.overwrite
+        )
     _report(summary, converted, time.perf_counter() - t0)
     return 0
 
@@ -345,7 +356,7 @@ def _report(summary: dict[str, Any], converted: Converted, seconds: float) -> No
     )
     print(f"wrote {summary['out_dir']} in {seconds:.1f}s; feature vocabularies: {vocab or 'none'}")
     print(f"reids equal raw ids (users, items): {reids_equal_raw_ids(converted)}")
-    if summary["num_items_without_features"]:
+    if summary.get("num_items_without_features"):
         # The baseline keeps an item record only when its feature dict is non-empty.
         print(
             f"note: {summary['num_items_without_features']:,} items have no features; readers that follow "

@@ -18,7 +18,7 @@ import pytest
 import dataset as dataset_mod
 from conftest import SMALL_KINDS, read_seq_lines, small_items, small_mm, small_users, \
     write_seq_lines
-from dataset import DataError, load_dataset
+from dataset import ACTION_NULL, DataError, load_dataset
 from v1_format import UserHistory, write_v1_dataset
 
 
@@ -82,9 +82,10 @@ def test_sequences_profile_first_then_items(small_v1, tmp_path):
     data = load_dataset(small_v1, cache_dir=tmp_path / "cache")
     i, u = _indexer(small_v1)["i"], _indexer(small_v1)["u"]
     assert data.seqs.num_lines == 3 and data.stats["lines_without_items"] == 1  # dave
-    # alice: profile record last in the line, still the first token; a null action -> 0
-    assert _line_tokens(data, u["alice"]) == [
-        (u["alice"], 2, 0), (i[9001], 1, 0), (i[9002], 1, 1), (i[9003], 1, 0), (i[9001], 1, 0)]
+    # alice: profile record last in the line, still the first token; a null action is its own
+    # state (ACTION_NULL), not an exposure
+    assert _line_tokens(data, u["alice"]) == [(u["alice"], 2, 0), (i[9001], 1, 0), (i[9002], 1, 1),
+                                              (i[9003], 1, ACTION_NULL), (i[9001], 1, 0)]
     # bob: profile first; the unknown action type 2 is kept as its own value
     assert _line_tokens(data, u["bob"]) == [
         (u["bob"], 2, 0), (i[9004], 1, 1), (i[9005], 1, 0), (i[9006], 1, 2)]

@@ -63,7 +63,7 @@ def results(demo):
         output = demo["root"] / f"out_{name}" / "top10.json"
         out[name] = (infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                                  str(path), "--output", str(output), "--device", "cpu",
-                                 "--batch_size", "64"]), output)
+                                 "--batch_size", "64", "--no-exclude_seen"]), output)
     return out
 
 
@@ -294,7 +294,7 @@ def test_cli_with_platform_environment(demo, results, tmp_path):
     env = {**os.environ, "EVAL_DATA_PATH": str(demo["eval"]), "EVAL_RESULT_PATH": str(tmp_path),
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--state_dict_path",
-                           str(demo["ckpt"]["dot"]), "--device", "cpu"],
+                           str(demo["ckpt"]["dot"]), "--device", "cpu", "--no-exclude_seen"],
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "top10.json").read_text()) == results["dot"][0]
@@ -349,14 +349,14 @@ def test_schema_rediscovered_when_the_checkpoint_lacks_it(demo, results, tmp_pat
     torch.save(saved, tmp_path / "old.pt")
     result = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                          str(tmp_path / "old.pt"), "--output", str(tmp_path / "r.json"),
-                         "--device", "cpu"])
+                         "--device", "cpu", "--no-exclude_seen"])
     assert result == results["dot"][0]
 
 
 def test_amp_bf16_runs(demo, results, tmp_path):
     got = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                       str(demo["ckpt"]["dot"]), "--output", str(tmp_path / "r.json"),
-                      "--device", "cpu", "--amp", "bf16", "--topk", "5"])
+                      "--device", "cpu", "--amp", "bf16", "--topk", "5", "--no-exclude_seen"])
     exact = results["dot"][0]
     assert got["users"] == exact["users"]
     assert all(len(set(top)) == 5 for top in got["top10s"])
@@ -372,7 +372,7 @@ def test_faiss_equals_exact(demo, results, tmp_path):
         out = tmp_path / name / "r.json"
         got = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                           str(demo["ckpt"][name]), "--output", str(out), "--device", "cpu",
-                          "--ann", "faiss"])
+                          "--ann", "faiss", "--no-exclude_seen"])
         assert got["users"] == exact["users"]
         agree = sum(a == b for a, b in zip(got["top10s"], exact["top10s"]))
         assert agree >= 0.98 * len(exact["users"])  # float rounding may swap near-ties
