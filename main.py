@@ -33,7 +33,8 @@ from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, Base
                    ModelConfigError)
 from optim import BETAS, build_optimizer
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES, build_sampler
-from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITY_TYPES, build_similarity
+from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITIES, SIMILARITY_TYPES, build_similarity
+import objective
 
 log = logging.getLogger("main")
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p.add_argument_group("model (the baseline's flags and defaults)"))
     _training_flags(p.add_argument_group("training"))
     _sampling_flags(p.add_argument_group("negative sampling"))
+    objective.add_flags(p.add_argument_group("objective (docs/objectives.md)"))
     _evaluation_flags(p.add_argument_group("evaluation"))
     return p
 
@@ -111,6 +113,9 @@ def _model_flags(g) -> None:
     g.add_argument("--similarity_types", nargs="+", choices=SIMILARITY_TYPES,
                    default=list(DEFAULT_SIMILARITY_TYPES),
                    help="similarities mixed by --use_adaptive_similarity")
+    g.add_argument("--similarity", choices=list(SIMILARITIES), default="dot",
+                   help="fixed similarity when not --use_adaptive_similarity: dot (the baseline) "
+                        "or cosine (pair it with a low --tau)")
 
 
 def _training_flags(g) -> None:
@@ -176,6 +181,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "it cannot be combined with --sparse_embeddings")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
+    error = objective.check_args(args)
+    if error:
+        parser.error(error)
     for name in ("log_dir", "tb_dir", "ckpt_dir"):
         if getattr(args, name) is None:
             setattr(args, name, str(Path("runs") / args.run_name / name.split("_")[0]))
@@ -236,10 +244,14 @@ def make_split(args, data):
 
 
 def make_sampler(args, data, split, seed: int):
-    return build_sampler(data.itemnum, item_counts(data.seqs, split.train, data.itemnum),
-                         np.asarray(data.item_valid), seed, args.use_smart_sampling,
-                         args.popular_ratio, args.popularity_source, args.popularity_factor,
-                         args.popular_ratio_schedule, args.curriculum_epochs)
+    """The negatives batch assembly draws: the per-position sampler (the baseline's BCE), or
+    the shared negatives of the other losses over it (objective.wrap_sampler)."""
+    counts = item_counts(data.seqs, split.train, data.itemnum)
+    sampler = build_sampler(data.itemnum, counts, np.asarray(data.item_valid), seed,
+                            objective.popularity_negatives(args), args.popular_ratio,
+                            args.popularity_source, args.popularity_factor,
+                            args.popular_ratio_schedule, args.curriculum_epochs)
+    return objective.wrap_sampler(args, sampler, counts)
 
 
 def feature_tensors(data) -> dict[str, torch.Tensor]:
@@ -255,7 +267,7 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
                 usernum: int) -> BaseModel:
     """The model the flags describe; also rebuilds a trained one from a checkpoint's args."""
     similarity = build_similarity(args.hidden_units, args.use_adaptive_similarity,
-                                  args.similarity_types)
+                                  args.similarity_types, args.similarity)
     return BaseModel(schema, tables, itemnum, usernum,
                      hidden_units=args.hidden_units, num_blocks=args.num_blocks,
                      num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
@@ -293,9 +305,10 @@ def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
 
 
 def compute_loss(model, batch, args, amp_dtype) -> torch.Tensor:
+    """The --loss objective of one batch (losses.py; logits and reductions in fp32)."""
     with autocast(batch["seq"].device, amp_dtype):
-        pos_logits, neg_logits = model(batch["seq"], batch["token_type"], batch["pos"], batch["neg"])
-    loss = bce_loss(pos_logits, neg_logits, batch)
+        loss = objective.objective_loss(model, dist.unwrap(model), batch,
+                                        objective.build_objective(args))
     if args.l2_emb:
         loss = loss + args.l2_emb * dist.unwrap(model).item_emb.weight.norm()
     return loss
@@ -428,7 +441,7 @@ def log_similarity(writer, model, step: int) -> None:
 
 @torch.no_grad()
 def validation_loss(model, seqs, ranges, args, device, amp_dtype, sampler) -> float:
-    """Mean BCE over held-out users (fixed-seed negatives, so epochs compare)."""
+    """Mean --loss over held-out users (fixed-seed negatives, so epochs compare)."""
     model.eval()
     total, n = torch.zeros((), device=device), 0
     batches = TrainBatches(seqs, ranges, args.maxlen, args.batch_size, sampler, seed=0,
