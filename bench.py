@@ -41,6 +41,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import main
+import objective
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
 from evaluate import evaluate
@@ -97,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise SystemExit("--l2_emb cannot be combined with --sparse_embeddings (see main.py)")
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    error = objective.check_args(args)
+    if error:
+        raise SystemExit(f"error: {error}")
     return args
 
 

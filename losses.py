@@ -61,18 +61,24 @@ class LossInputs:
     num_items: int = 0                # catalogue size N (gBCE's alpha)
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """bf16/fp16 logits (autocast) -> fp32 for the log-sum-exp and the sums; fp32 and fp64
+    stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def positive_logits(inp: LossInputs) -> Tensor:
-    """-> (...) float32 logits of the positives (logQ-corrected when pos_logq is given)."""
-    logits = inp.similarity(inp.query, inp.pos).float() / inp.tau
+    """-> (...) logits (at least fp32) of the positives (logQ-corrected when pos_logq is given)."""
+    logits = at_least_fp32(inp.similarity(inp.query, inp.pos)) / inp.tau
     return logits if inp.pos_logq is None else logits - inp.pos_logq
 
 
 def candidate_logits(inp: LossInputs, query: Tensor, vecs: Tensor, ids: Tensor,
                      logq: Tensor) -> Tensor:
-    """query (P, D), a chunk of candidates vecs (C, D), ids (C,), logq (C,) -> (P, C) float32
+    """query (P, D), a chunk of candidates vecs (C, D), ids (C,), logq (C,) -> (P, C) (at least fp32)
     logits minus logQ; MASKED where the candidate is the position's positive or (with seen)
     an item of the position's own sequence."""
-    logits = inp.similarity.score_all(query, vecs).float() / inp.tau - logq
+    logits = at_least_fp32(inp.similarity.score_all(query, vecs)) / inp.tau - logq
     hit = inp.pos_ids[:, None] == ids[None, :]
     if inp.seen is not None:
         hit = hit | inp.seen[:, ids][inp.row]  # (R, C) gathered to (P, C): bounded by the chunk
@@ -87,7 +93,7 @@ def over_candidates(inp: LossInputs, reduce: Callable[[Tensor], Tensor]) -> list
     chunk's scores alive (peak memory: one chunk)."""
     c = inp.cand
     p, m = inp.query.shape[0], c.ids.shape[0]
-    chunk = m if p * m <= SINGLE_PASS_SCORES else max(1, CHUNK_SCORES // max(p, 1))
+    chunk = max(1, m if p * m <= SINGLE_PASS_SCORES else CHUNK_SCORES // max(p, 1))
 
     def part(query, vecs, ids, logq):
         return reduce(candidate_logits(inp, query, vecs, ids, logq))
@@ -130,7 +136,7 @@ class BCE(Loss):
     def __call__(self, inp: LossInputs) -> Tensor:
         pos_logits = positive_logits(inp)
         if inp.neg is not None:  # the baseline: pos mean + neg mean, each over its own mask
-            neg_logits = inp.similarity(inp.query, inp.neg).float() / inp.tau
+            neg_logits = at_least_fp32(inp.similarity(inp.query, inp.neg)) / inp.tau
             pos_loss = F.binary_cross_entropy_with_logits(
                 pos_logits, torch.ones_like(inp.weight), reduction="none")
             neg_loss = F.binary_cross_entropy_with_logits(
