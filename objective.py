@@ -43,7 +43,7 @@ def add_flags(g) -> None:
                         "--similarity cosine); rankings do not depend on it")
     g.add_argument("--gbce_t", type=float, default=0.75,
                    help="gbce calibration t in [0, 1]: 0 is BCE with K negatives")
-    g.add_argument("--mask_history", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--mask_history", action="store_true",
                    help="softmax/shared-negative losses: also mask candidates that are items of "
                         "the row's own sequence (as accidental hits), not only the positive")
 
