@@ -12,8 +12,9 @@ masks and log proposal counts (docs/objectives.md has the definitions and source
 - full_softmax: cross-entropy over every item, as sampled_softmax with all items as candidates.
 
 Scores against candidates are computed in chunks of at most CHUNK_SCORES (positions x
-candidates); when there are more, each chunk is recomputed in backward (torch checkpoint), so
-memory is bounded by one chunk however many candidates there are.
+candidates); when there are more than SINGLE_PASS_SCORES, each chunk is recomputed in backward
+(the softmax losses: a fused autograd Function; BCE: torch checkpoint), so memory is bounded by
+one chunk however many candidates there are.
 """
 from __future__ import annotations
 
@@ -167,13 +168,93 @@ def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
 
 class SampledSoftmax(Loss):
     """-log softmax over {positive} + candidates, logQ-corrected and hit-masked, per position;
-    the log-sum-exp streams over candidate chunks."""
+    the candidates' log-sum-exp is one fused, chunked autograd Function (CandidateLogSumExp)
+    over the similarity's exact inner-product form (query_vectors . item_vectors)."""
 
     def __call__(self, inp: LossInputs) -> Tensor:
         pos_logits = positive_logits(inp)
-        lses = over_candidates(inp, lambda logits: torch.logsumexp(logits, 1))
-        lse = torch.logsumexp(torch.stack([pos_logits, *lses], 1), 1)
-        return masked_mean(lse - pos_logits, inp.weight)
+        c = inp.cand
+        qv, iv = inp.similarity.query_vectors(inp.query), inp.similarity.item_vectors(c.vecs)
+        lse = CandidateLogSumExp.apply(qv, iv, c.logq, c.ids, inp.pos_ids, inp.seen, inp.row,
+                                       1.0 / inp.tau)
+        return masked_mean(torch.logaddexp(pos_logits, lse) - pos_logits, inp.weight)
+
+
+def _score_dtype(qv: Tensor) -> torch.dtype:
+    """The matmul dtype: autocast's (bf16) when it is on, else at least fp32."""
+    if torch.is_autocast_enabled(qv.device.type):
+        return torch.get_autocast_dtype(qv.device.type)
+    return torch.promote_types(qv.dtype, torch.float32)
+
+
+def _masked_scores(qv, iv, neg_logq, ids, pos_ids, seen, row, scale, dtype) -> Tensor:
+    """qv (P, D'), a chunk iv (C, D'), neg_logq (C,), ids (C,) -> (P, C) at least fp32:
+    scale * qv . iv - logq, MASKED on hits. One fused addmm when the matmul dtype is the
+    accumulation dtype; the mask is applied in place."""
+    acc = torch.promote_types(qv.dtype, torch.float32)
+    if dtype == acc:
+        s = torch.addmm(neg_logq.to(acc), qv.to(acc), iv.to(acc).T, alpha=scale)
+    else:  # bf16 product, fp32 from there on
+        s = torch.mm(qv.to(dtype), iv.to(dtype).T).to(acc).mul_(scale).add_(neg_logq)
+    hit = pos_ids[:, None] == ids[None, :]
+    if seen is not None:
+        hit |= seen[:, ids][row]
+    return s.masked_fill_(hit, MASKED)
+
+
+class CandidateLogSumExp(torch.autograd.Function):
+    """lse (P,) = log sum_c exp(scale * qv_p . iv_c - logq_c) over the candidates c that are
+    not hits of position p (the positive's id; with seen, the row's items).
+
+    Forward streams over candidate chunks of CHUNK_SCORES scores (a running logaddexp), in
+    place, no autograd graph. Backward: d lse_p / d s_pc = softmax_pc, so grad_qv = (g scale
+    softmax) @ iv and grad_iv = its transpose @ qv; the chunk's softmax is kept from forward
+    when all scores fit SINGLE_PASS_SCORES, else recomputed chunk by chunk (memory: one chunk).
+    Equal to autograd through the plain formula (tests/test_losses.py)."""
+
+    @staticmethod
+    def forward(ctx, qv, iv, logq, ids, pos_ids, seen, row, scale):
+        p, m = qv.shape[0], iv.shape[0]
+        dtype = _score_dtype(qv)
+        neg_logq = -logq.to(torch.promote_types(qv.dtype, torch.float32))
+        single = p * m <= SINGLE_PASS_SCORES
+        chunk = max(1, m if single else CHUNK_SCORES // max(p, 1))
+        with torch.autocast(qv.device.type, enabled=False):
+            lse = torch.full((p,), MASKED, dtype=neg_logq.dtype, device=qv.device)
+            kept = None
+            for s0 in range(0, m, chunk):
+                e = _masked_scores(qv, iv[s0:s0 + chunk], neg_logq[s0:s0 + chunk],
+                                   ids[s0:s0 + chunk], pos_ids, seen, row, scale, dtype)
+                top = e.amax(1, keepdim=True) if e.shape[1] else lse[:, None].clone()
+                part = e.sub_(top).exp_().sum(1).log_().add_(top[:, 0])
+                lse = torch.logaddexp(lse, part)
+                kept = (e, top[:, 0]) if single else None
+        ctx.scale, ctx.chunk, ctx.dtype = scale, chunk, dtype
+        saved = [qv, iv, neg_logq, ids, pos_ids, seen, row, lse]
+        saved += list(kept) if kept is not None else [None, None]
+        ctx.save_for_backward(*saved)
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        qv, iv, neg_logq, ids, pos_ids, seen, row, lse, e, top = ctx.saved_tensors
+        coef = (grad_lse * ctx.scale).to(lse.dtype)
+        acc = lse.dtype
+        grad_qv = torch.zeros(qv.shape, dtype=acc, device=qv.device)
+        grad_iv = torch.empty(iv.shape, dtype=acc, device=iv.device)
+        with torch.autocast(qv.device.type, enabled=False):
+            qa, ia = qv.to(acc), iv.to(acc)
+            for s0 in range(0, iv.shape[0], ctx.chunk):
+                s1 = s0 + ctx.chunk
+                if e is not None:  # one chunk, its exp(s - top) kept from forward
+                    w = e * (torch.exp(top - lse) * coef)[:, None]
+                else:
+                    w = _masked_scores(qv, iv[s0:s1], neg_logq[s0:s1], ids[s0:s1], pos_ids,
+                                       seen, row, ctx.scale, ctx.dtype)
+                    w = w.sub_(lse[:, None]).exp_().mul_(coef[:, None])
+                grad_qv.addmm_(w, ia[s0:s1])
+                torch.mm(w.T, qa, out=grad_iv[s0:s1])
+        return (grad_qv.to(qv.dtype), grad_iv.to(iv.dtype), None, None, None, None, None, None)
 
 
 class FullSoftmax(SampledSoftmax):

@@ -27,9 +27,9 @@ def _data(seed: int = 0):
 
 def _all_items(query, items, pos_ids, similarity=None, tau=1.0, logq=None, seen=None, row=None):
     ids = torch.arange(1, N + 1)
-    logq = torch.zeros(N, dtype=torch.float64) if logq is None else logq
+    logq = torch.zeros(N, dtype=query.dtype) if logq is None else logq
     return LossInputs(similarity or DotSimilarity(), query, items[pos_ids], torch.ones(P,
-                      dtype=torch.float64), tau, pos_ids=pos_ids,
+                      dtype=query.dtype), tau, pos_ids=pos_ids,
                       cand=Candidates(ids, items[ids], logq), seen=seen, row=row, num_items=N)
 
 
@@ -55,22 +55,40 @@ def test_sampled_softmax_over_every_item_with_uniform_q_is_full_cross_entropy():
 @pytest.mark.parametrize("similarity", [DotSimilarity(), CosineSimilarity(),
                                         AdaptiveSimilarity(D).double()])
 def test_chunked_full_softmax_equals_unchunked_values_and_gradients(monkeypatch, similarity):
-    def run(chunk_scores, single_pass):
+    def run(chunk_scores, single_pass, reference=False):
         monkeypatch.setattr(losses, "CHUNK_SCORES", chunk_scores)
         monkeypatch.setattr(losses, "SINGLE_PASS_SCORES", single_pass)
         query, items, pos_ids = _data(seed=3)
         similarity.zero_grad()
-        loss = FullSoftmax()(_all_items(query, items, pos_ids, similarity, tau=0.3))
+        if reference:  # plain autograd through the textbook formula
+            loss = F.cross_entropy(similarity.score_all(query, items[1:]) / 0.3, pos_ids - 1)
+        else:
+            loss = FullSoftmax()(_all_items(query, items, pos_ids, similarity, tau=0.3))
         loss.backward()
         params = [p.grad.clone() for p in similarity.parameters()]
-        return loss.detach(), query.grad, items.grad, params
+        return [loss.detach(), query.grad, items.grad, *params]
 
-    whole = run(1 << 30, 1 << 30)
-    chunked = run(2 * P, 0)  # 2 candidates per chunk: 6 checkpointed chunks
-    for a, b in zip(whole[:3], chunked[:3]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    for a, b in zip(whole[3], chunked[3]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    reference = run(1 << 30, 1 << 30, reference=True)
+    whole = run(1 << 30, 1 << 30)  # one pass, softmax kept from forward
+    chunked = run(2 * P, 0)  # 2 candidates per chunk: 6 chunks, recomputed in backward
+    for got in (whole, chunked):
+        for a, b in zip(got, reference):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_bce_over_chunks_equals_one_pass(monkeypatch):
+    inp, query, items, *_ = _shared(k=9)
+    one = GBCE(9, t=0.5)(inp)
+    one.backward()
+    grads = query.grad.clone(), items.grad.clone()
+    query.grad, items.grad = None, None
+    monkeypatch.setattr(losses, "CHUNK_SCORES", 2 * P)
+    monkeypatch.setattr(losses, "SINGLE_PASS_SCORES", 0)
+    inp, query, items, *_ = _shared(k=9)
+    chunked = GBCE(9, t=0.5)(inp)
+    chunked.backward()
+    torch.testing.assert_close(one, chunked)
+    torch.testing.assert_close(grads, (query.grad, items.grad))
 
 
 def test_logq_correction_hand_computed():
@@ -202,3 +220,13 @@ def test_cosine_similarity_contract():
     torch.testing.assert_close(all_pairs, sim.query_vectors(q) @ sim.item_vectors(v).T)
     torch.testing.assert_close(all_pairs, F.cosine_similarity(q[:, None], v[None], dim=-1))
     assert sim(torch.zeros(D), torch.ones(D)).item() == 0.0
+
+
+def test_softmax_under_bf16_autocast_is_close_to_fp32():
+    query, items, pos_ids = _data(seed=6)
+    query32, items32 = query.detach().float(), items.detach().float()
+    fp32 = FullSoftmax()(_all_items(query32, items32, pos_ids))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = FullSoftmax()(_all_items(query32, items32, pos_ids))
+    assert bf16.dtype == torch.float32
+    assert bf16.item() == pytest.approx(fp32.item(), rel=2e-2)
