@@ -42,6 +42,9 @@ class Candidates:
     ids: Tensor   # (M,) int64 item ids
     vecs: Tensor  # (M, D) item vectors
     logq: Tensor  # (M,) float32 log expected count in the batch's draw; 0: no correction
+    # ids are first_id, first_id + 1, ... (the whole catalogue): a position's one hit is found
+    # by index, O(P), instead of comparing every id, O(P x M)
+    first_id: int | None = None
 
 
 @dataclass
@@ -176,7 +179,7 @@ class SampledSoftmax(Loss):
         c = inp.cand
         qv, iv = inp.similarity.query_vectors(inp.query), inp.similarity.item_vectors(c.vecs)
         lse = CandidateLogSumExp.apply(qv, iv, c.logq, c.ids, inp.pos_ids, inp.seen, inp.row,
-                                       1.0 / inp.tau)
+                                       1.0 / inp.tau, c.first_id)
         return masked_mean(torch.logaddexp(pos_logits, lse) - pos_logits, inp.weight)
 
 
@@ -187,7 +190,8 @@ def _score_dtype(qv: Tensor) -> torch.dtype:
     return torch.promote_types(qv.dtype, torch.float32)
 
 
-def _masked_scores(qv, iv, neg_logq, ids, pos_ids, seen, row, scale, dtype) -> Tensor:
+def _masked_scores(qv, iv, neg_logq, ids, pos_ids, seen, row, scale, dtype,
+                   first: int | None) -> Tensor:
     """qv (P, D'), a chunk iv (C, D'), neg_logq (C,), ids (C,) -> (P, C) at least fp32:
     scale * qv . iv - logq, MASKED on hits. One fused addmm when the matmul dtype is the
     accumulation dtype; the mask is applied in place."""
@@ -196,10 +200,16 @@ def _masked_scores(qv, iv, neg_logq, ids, pos_ids, seen, row, scale, dtype) -> T
         s = torch.addmm(neg_logq.to(acc), qv.to(acc), iv.to(acc).T, alpha=scale)
     else:  # bf16 product, fp32 from there on
         s = torch.mm(qv.to(dtype), iv.to(dtype).T).to(acc).mul_(scale).add_(neg_logq)
-    hit = pos_ids[:, None] == ids[None, :]
+    if first is None:
+        s.masked_fill_(pos_ids[:, None] == ids[None, :], MASKED)
+    else:  # consecutive ids: the hit is column pos - first, if inside this chunk
+        col = pos_ids - first
+        inside = ((col >= 0) & (col < s.shape[1]))[:, None]
+        col = col.clamp(0, max(s.shape[1] - 1, 0))[:, None]
+        s.scatter_(1, col, torch.where(inside, MASKED, s.gather(1, col)))
     if seen is not None:
-        hit |= seen[:, ids][row]
-    return s.masked_fill_(hit, MASKED)
+        s.masked_fill_(seen[:, ids][row], MASKED)  # (R, C) gathered to (P, C)
+    return s
 
 
 class CandidateLogSumExp(torch.autograd.Function):
@@ -213,7 +223,7 @@ class CandidateLogSumExp(torch.autograd.Function):
     Equal to autograd through the plain formula (tests/test_losses.py)."""
 
     @staticmethod
-    def forward(ctx, qv, iv, logq, ids, pos_ids, seen, row, scale):
+    def forward(ctx, qv, iv, logq, ids, pos_ids, seen, row, scale, first=None):
         p, m = qv.shape[0], iv.shape[0]
         dtype = _score_dtype(qv)
         neg_logq = -logq.to(torch.promote_types(qv.dtype, torch.float32))
@@ -224,12 +234,13 @@ class CandidateLogSumExp(torch.autograd.Function):
             kept = None
             for s0 in range(0, m, chunk):
                 e = _masked_scores(qv, iv[s0:s0 + chunk], neg_logq[s0:s0 + chunk],
-                                   ids[s0:s0 + chunk], pos_ids, seen, row, scale, dtype)
+                                   ids[s0:s0 + chunk], pos_ids, seen, row, scale, dtype,
+                                   None if first is None else first + s0)
                 top = e.amax(1, keepdim=True) if e.shape[1] else lse[:, None].clone()
                 part = e.sub_(top).exp_().sum(1).log_().add_(top[:, 0])
                 lse = torch.logaddexp(lse, part)
                 kept = (e, top[:, 0]) if single else None
-        ctx.scale, ctx.chunk, ctx.dtype = scale, chunk, dtype
+        ctx.scale, ctx.chunk, ctx.dtype, ctx.first = scale, chunk, dtype, first
         saved = [qv, iv, neg_logq, ids, pos_ids, seen, row, lse]
         saved += list(kept) if kept is not None else [None, None]
         ctx.save_for_backward(*saved)
@@ -246,15 +257,18 @@ class CandidateLogSumExp(torch.autograd.Function):
             qa, ia = qv.to(acc), iv.to(acc)
             for s0 in range(0, iv.shape[0], ctx.chunk):
                 s1 = s0 + ctx.chunk
-                if e is not None:  # one chunk, its exp(s - top) kept from forward
-                    w = e * (torch.exp(top - lse) * coef)[:, None]
+                if e is not None:  # one chunk, its exp(s - top) kept from forward; in place:
+                    # this graph is differentiated once (no retain_graph in training)
+                    w = e.mul_((torch.exp(top - lse) * coef)[:, None])
                 else:
                     w = _masked_scores(qv, iv[s0:s1], neg_logq[s0:s1], ids[s0:s1], pos_ids,
-                                       seen, row, ctx.scale, ctx.dtype)
+                                       seen, row, ctx.scale, ctx.dtype,
+                                       None if ctx.first is None else ctx.first + s0)
                     w = w.sub_(lse[:, None]).exp_().mul_(coef[:, None])
                 grad_qv.addmm_(w, ia[s0:s1])
                 torch.mm(w.T, qa, out=grad_iv[s0:s1])
-        return (grad_qv.to(qv.dtype), grad_iv.to(iv.dtype), None, None, None, None, None, None)
+        return (grad_qv.to(qv.dtype), grad_iv.to(iv.dtype), None, None, None, None, None, None,
+                None)
 
 
 class FullSoftmax(SampledSoftmax):

@@ -130,7 +130,7 @@ def objective_loss(model, raw, batch: dict[str, Tensor], obj: Objective) -> Tens
     pos_ids = pos.reshape(-1).index_select(0, idx)
     logq = torch.zeros_like(cand_ids, dtype=torch.float32) if obj.loss.all_items \
         else batch["cand_logq"]
-    cand = Candidates(cand_ids, cand_v, logq)
+    cand = Candidates(cand_ids, cand_v, logq, 1 if obj.loss.all_items else None)
     if obj.in_batch:  # the other positions' positives, each with the in-batch source's Q
         cand = Candidates(torch.cat([cand.ids, pos_ids]), torch.cat([cand.vecs, pos_v]),
                           torch.cat([cand.logq, batch["pos_logq"]]))

@@ -25,12 +25,14 @@ def _data(seed: int = 0):
     return query, items, pos_ids
 
 
-def _all_items(query, items, pos_ids, similarity=None, tau=1.0, logq=None, seen=None, row=None):
+def _all_items(query, items, pos_ids, similarity=None, tau=1.0, logq=None, seen=None, row=None,
+               first_id=None):
     ids = torch.arange(1, N + 1)
     logq = torch.zeros(N, dtype=query.dtype) if logq is None else logq
     return LossInputs(similarity or DotSimilarity(), query, items[pos_ids], torch.ones(P,
                       dtype=query.dtype), tau, pos_ids=pos_ids,
-                      cand=Candidates(ids, items[ids], logq), seen=seen, row=row, num_items=N)
+                      cand=Candidates(ids, items[ids], logq, first_id), seen=seen, row=row,
+                      num_items=N)
 
 
 def _reference_ce(query, items, pos_ids, tau=1.0):
@@ -52,9 +54,11 @@ def test_sampled_softmax_over_every_item_with_uniform_q_is_full_cross_entropy():
         pytest.approx(ref.item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("first_id", [None, 1])  # hits by comparing ids / by index
 @pytest.mark.parametrize("similarity", [DotSimilarity(), CosineSimilarity(),
                                         AdaptiveSimilarity(D).double()])
-def test_chunked_full_softmax_equals_unchunked_values_and_gradients(monkeypatch, similarity):
+def test_chunked_full_softmax_equals_unchunked_values_and_gradients(monkeypatch, similarity,
+                                                                    first_id):
     def run(chunk_scores, single_pass, reference=False):
         monkeypatch.setattr(losses, "CHUNK_SCORES", chunk_scores)
         monkeypatch.setattr(losses, "SINGLE_PASS_SCORES", single_pass)
@@ -63,7 +67,8 @@ def test_chunked_full_softmax_equals_unchunked_values_and_gradients(monkeypatch,
         if reference:  # plain autograd through the textbook formula
             loss = F.cross_entropy(similarity.score_all(query, items[1:]) / 0.3, pos_ids - 1)
         else:
-            loss = FullSoftmax()(_all_items(query, items, pos_ids, similarity, tau=0.3))
+            loss = FullSoftmax()(_all_items(query, items, pos_ids, similarity, tau=0.3,
+                                            first_id=first_id))
         loss.backward()
         params = [p.grad.clone() for p in similarity.parameters()]
         return [loss.detach(), query.grad, items.grad, *params]
@@ -141,11 +146,15 @@ def test_history_mask_removes_the_rows_own_items():
     seen[1, [4]] = True
     row = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     inp = _all_items(query, items, pos_ids, seen=seen, row=row)
-    logits = losses.candidate_logits(inp, query, inp.cand.vecs, inp.cand.ids, inp.cand.logq)
-    for p in range(P):
-        masked = set(torch.nonzero(logits[p] == MASKED).flatten().add(1).tolist())
-        own = set(torch.nonzero(seen[row[p]]).flatten().tolist()) | {int(pos_ids[p])}
-        assert masked == own
+    bce_logits = losses.candidate_logits(inp, query, inp.cand.vecs, inp.cand.ids, inp.cand.logq)
+    for first in (None, 1):  # the softmax losses' fused path, hits by comparison or by index
+        fused = losses._masked_scores(query, inp.cand.vecs, -inp.cand.logq, inp.cand.ids, pos_ids,
+                                      seen, row, 1.0, torch.float64, first)
+        for logits in (bce_logits, fused):
+            for p in range(P):
+                masked = set(torch.nonzero(logits[p] == MASKED).flatten().add(1).tolist())
+                own = set(torch.nonzero(seen[row[p]]).flatten().tolist()) | {int(pos_ids[p])}
+                assert masked == own
 
 
 def test_gbce_beta_matches_the_paper_formula_by_hand():
