@@ -48,11 +48,22 @@ def add_flags(g) -> None:
                         "the row's own sequence (as accidental hits), not only the positive")
 
 
-def check_args(args) -> str | None:
-    """Resolve the objective's defaults in place (num_negatives, logq_correction); -> a one-line
-    error for the parser, or None."""
+def resolve_defaults(args) -> None:
+    """Fill num_negatives and logq_correction left at None (their per-loss defaults), in place;
+    idempotent, so every consumer of the flags may call it."""
     if args.num_negatives is None:
         args.num_negatives = DEFAULT_NEGATIVES[args.loss]
+    if args.logq_correction is None:
+        args.logq_correction = args.loss in SOFTMAX_LOSSES and (
+            "in_batch" in args.negatives
+            or ("popularity" in args.negatives and args.popular_ratio > 0))
+
+
+def check_args(args) -> str | None:
+    """Resolve the objective's defaults in place (resolve_defaults); -> a one-line error for the
+    parser, or None."""
+    explicit_logq = args.logq_correction
+    resolve_defaults(args)
     sources = list(args.negatives)
     if len(set(sources)) != len(sources):
         return f"--negatives has a duplicate: {sources}"
@@ -69,10 +80,7 @@ def check_args(args) -> str | None:
         return f"--tau must be > 0, got {args.tau}"
     if not 0.0 <= args.gbce_t <= 1.0:
         return f"--gbce_t must be in [0, 1], got {args.gbce_t}"
-    if args.logq_correction is None:
-        args.logq_correction = args.loss in SOFTMAX_LOSSES and (
-            "in_batch" in sources or ("popularity" in sources and args.popular_ratio > 0))
-    elif args.logq_correction and args.loss not in SOFTMAX_LOSSES:
+    if explicit_logq and args.loss not in SOFTMAX_LOSSES:
         return f"--logq_correction applies to softmax losses, not --loss {args.loss}"
     return None
 
@@ -103,6 +111,7 @@ class Objective:
 
 
 def build_loss(args) -> Loss:
+    resolve_defaults(args)
     return LOSSES[args.loss](args.num_negatives, args.gbce_t)
 
 
