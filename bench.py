@@ -372,7 +372,8 @@ class Case:
             "mfu": achieved / peak_gflops,
             "matmul_ms_per_step": 1e3 * matmul_s,
             "mfu_ceiling": med(r["flops"]) / matmul_s / 1e9 / peak_gflops,
-            "device_peak_mb": float(np.max(r["device_peak_mb"])),
+            "device_peak_mb": (float(np.max(r["device_peak_mb"])) if self.device.type == "cuda"
+                               else None),
             "loss_first": self.losses[0], "loss_last": self.losses[-1],
             "loss_finite": bool(np.isfinite(self.losses).all()),
         }

@@ -224,3 +224,23 @@ def test_ablation_objective_configs_parse_and_bce_is_their_reference():
     assert rows[0]["verdict_NDCG@10"] == "reference"
     assert rows[1]["verdict_NDCG@10"] == "better (> 2 std)"
     assert rows[1]["delta_NDCG@10"] == pytest.approx(0.05)
+
+
+def test_bench_compares_losses_with_the_same_keys(demo_cache):
+    import bench
+    result = bench.bench(["--demo", "--cache_dir", str(demo_cache), "--demo_users", "300",
+                          "--demo_items", "200", "--maxlen", "10", "--hidden_units", "8",
+                          "--num_blocks", "1", "--batch_size", "32", "--steps", "1",
+                          "--warmup", "0", "--no-eval", "--device", "cpu", "--peak_size", "64",
+                          "--compare_loss", "sampled_softmax:16", "full_softmax", "gbce:8"])
+    labels = [c["label"] for c in result["cases"]]
+    assert labels == ["dense fp32 attn=fast loss=bce", "dense fp32 attn=fast loss=sampled_softmax:16",
+                      "dense fp32 attn=fast loss=full_softmax", "dense fp32 attn=fast loss=gbce:8"]
+    keys = set(result["cases"][0])
+    assert all(set(c) == keys for c in result["cases"]) and "train_seq_per_s" in keys
+    assert all(c["loss_finite"] for c in result["cases"])
+    # the candidate products are counted: full softmax over 200 items > 16 shared negatives
+    flops = [c["model_gflops_per_step"] for c in result["cases"]]
+    assert flops[2] > flops[1] > flops[0]
+    with pytest.raises(SystemExit, match="compare_loss"):
+        bench.parse_args(["--compare_loss", "softmax"])
