@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import distributed as dist
+import objective
 from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
     random_user_split, training_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
@@ -34,7 +35,6 @@ from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, Base
 from optim import BETAS, build_optimizer
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES, build_sampler
 from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITIES, SIMILARITY_TYPES, build_similarity
-import objective
 
 log = logging.getLogger("main")
 
@@ -293,7 +293,8 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
 def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
     """The baseline's loss: BCE on positives (label 1) and negatives (label 0) over the slots
     whose next token is an item. Masked means instead of boolean indexing, which would sync the
-    GPU. A negative of 0 (a user who has every item) is left out of the negative term."""
+    GPU. A negative of 0 (a user who has every item) is left out of the negative term.
+    Training goes through losses.BCE now; this stays as the baseline's reference (tests)."""
     pos_mask = ((batch["next_token_type"] == 1) & (batch["pos"] != 0)).float()
     neg_mask = pos_mask * (batch["neg"] != 0)
     pos_loss = F.binary_cross_entropy_with_logits(pos_logits.float(), torch.ones_like(pos_mask),

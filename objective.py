@@ -104,6 +104,7 @@ def wrap_sampler(args, sampler, target_counts: np.ndarray):
 
 @dataclass
 class Objective:
+    """The loss and the settings the step needs around it (not the loss's own business)."""
     loss: Loss
     tau: float
     in_batch: bool
