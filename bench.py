@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare_loss", nargs="+", default=[], metavar="LOSS[:K]",
                    help="also measure these objectives in the same run, each LOSS or LOSS:K "
                         "(--num_negatives), e.g. sampled_softmax:1024 full_softmax gbce:256; "
-                        "--negatives and the other objective flags are shared")
+                        "--negatives and the other objective flags are shared (in_batch by "
+                        "sampled_softmax cases only)")
     g.add_argument("--compare_amp", action="store_true",
                    help="also measure the other --amp setting in the same run")
     g.add_argument("--threads", type=int, default=None,
@@ -118,12 +119,14 @@ def loss_case(args, spec: str) -> tuple[str, dict]:
     if name not in objective.LOSSES or (k and not k.isdigit()):
         raise SystemExit(f"error: --compare_loss {spec!r}: expected LOSS or LOSS:K with LOSS "
                          f"one of {', '.join(objective.LOSSES)}")
-    case = argparse.Namespace(**{**vars(args), "loss": name,
+    # in_batch is for sampled_softmax alone: the other losses' cases draw without it
+    negatives = [n for n in args.negatives if n != "in_batch" or name == "sampled_softmax"]
+    case = argparse.Namespace(**{**vars(args), "loss": name, "negatives": negatives or ["uniform"],
                                  "num_negatives": int(k) if k else None})
     error = objective.check_args(case)
     if error:
         raise SystemExit(f"error: --compare_loss {spec}: {error}")
-    keys = ("loss", "num_negatives", "logq_correction")
+    keys = ("loss", "num_negatives", "logq_correction", "negatives")
     word = name if name == "full_softmax" or (name == "bce" and case.num_negatives == 1) \
         else f"{name}:{case.num_negatives}"
     return f"loss={word}", {key: getattr(case, key) for key in keys}

@@ -9,10 +9,18 @@ the device it would need no sync either, but the popularity CDF and curriculum l
 
 Per batch it adds (see `shared_negatives`):
   target_index (n,) int64  flat (B * L) index of each position whose next token is an item
-  cand         (K,) int64  global negatives (uniform, or popularity mixed by --popular_ratio)
-  cand_logq    (K,) float32 their log expected count in the draw (0 without logQ)
+  cand         (M,) int64  global negatives (uniform, or popularity mixed by --popular_ratio),
+                           then, with in_batch, the distinct items among the batch's targets
+  cand_logq    (M,) float32 what is subtracted from each candidate's logit: its log expected
+                           count in its source's draw (0 without logQ), and for an in-batch
+                           item that occurs c times among the targets also - log c
   pos_logq     (n,) float32 log expected count of each target among the batch's n targets
                (the in-batch source's Q; 0 without in_batch or without logQ)
+
+In-batch candidates are the batch's distinct target items, each standing for its c copies:
+c equal logits exp(l - log Q) sum to exp(l - log Q + log c), so the loss and its gradients are
+exactly those of scoring every position's positive as a candidate, at the cost of at most
+min(targets, catalogue) candidates instead of targets (ML-1M: ~3,000 instead of ~14,000).
 """
 from __future__ import annotations
 
@@ -52,6 +60,13 @@ class BatchNegatives:
             pos_logq = np.log(index.size) + self._log_freq[batch["pos"].reshape(-1)[index]]
         if not self.logq:
             log_count, pos_logq = np.zeros_like(log_count), np.zeros_like(pos_logq)
+        if self.in_batch:
+            items, copies = np.unique(batch["pos"].reshape(-1)[index], return_counts=True)
+            in_batch_logq = np.log(copies) * -1.0
+            if self.logq:
+                in_batch_logq += np.log(index.size) + self._log_freq[items]
+            ids = np.concatenate([ids, items])
+            log_count = np.concatenate([log_count, in_batch_logq])
         return {"target_index": index, "cand": ids.astype(np.int64),
                 "cand_logq": log_count.astype(np.float32), "pos_logq": pos_logq.astype(np.float32)}
 

@@ -140,10 +140,8 @@ def objective_loss(model, raw, batch: dict[str, Tensor], obj: Objective) -> Tens
     pos_ids = pos.reshape(-1).index_select(0, idx)
     logq = torch.zeros_like(cand_ids, dtype=torch.float32) if obj.loss.all_items \
         else batch["cand_logq"]
+    # in-batch negatives (the batch's distinct targets) come with the global ones in "cand"
     cand = Candidates(cand_ids, cand_v, logq, 1 if obj.loss.all_items else None)
-    if obj.in_batch:  # the other positions' positives, each with the in-batch source's Q
-        cand = Candidates(torch.cat([cand.ids, pos_ids]), torch.cat([cand.vecs, pos_v]),
-                          torch.cat([cand.logq, batch["pos_logq"]]))
     seen = history_bitmap(seq, token_type, pos, num_items) if obj.mask_history else None
     return obj.loss(LossInputs(
         raw.similarity, query, pos_v, torch.ones_like(pos_ids, dtype=torch.float32), obj.tau,
