@@ -403,9 +403,8 @@ def candidate_flops(case: Case, batch: dict) -> int:
     which step_flops counts as its logits."""
     if "target_index" not in batch:
         return 0
-    n = len(batch["target_index"])
+    n = len(batch["target_index"])  # "cand" holds the global and the in-batch candidates
     m = case.data.itemnum if case.args.loss == "full_softmax" else len(batch["cand"])
-    m += n if "in_batch" in case.args.negatives else 0
     return 3 * 2 * n * m * case.model.hidden
 
 
