@@ -56,7 +56,7 @@ def resolve_defaults(args) -> None:
     if args.logq_correction is None:
         args.logq_correction = args.loss in SOFTMAX_LOSSES and (
             "in_batch" in args.negatives
-            or ("popularity" in args.negatives and args.popular_ratio > 0))
+            or (popularity_negatives(args) and args.popular_ratio > 0))
 
 
 def check_args(args) -> str | None:
@@ -74,8 +74,8 @@ def check_args(args) -> str | None:
         return f"--num_negatives must be >= 1 for --loss {args.loss}, got {args.num_negatives}"
     if "in_batch" in sources and args.loss != "sampled_softmax":
         return f"--negatives in_batch needs --loss sampled_softmax (got --loss {args.loss})"
-    if args.loss == "gbce" and "popularity" in sources:
-        return "--loss gbce draws uniform negatives (its beta assumes them): drop popularity"
+    if args.loss == "gbce" and popularity_negatives(args):
+        return "--loss gbce draws uniform negatives (its beta assumes them): drop popularity / --use_smart_sampling"
     if not args.tau > 0:
         return f"--tau must be > 0, got {args.tau}"
     if not 0.0 <= args.gbce_t <= 1.0:

@@ -189,6 +189,7 @@ def test_logq_default_follows_the_proposal():
     assert parse("--loss", "sampled_softmax") is False  # uniform: a constant, off
     assert parse("--loss", "sampled_softmax", "--negatives", "uniform", "in_batch") is True
     assert parse("--loss", "sampled_softmax", "--negatives", "popularity") is True
+    assert parse("--loss", "sampled_softmax", "--use_smart_sampling") is True  # the same draw
     assert parse("--loss", "sampled_softmax", "--negatives", "popularity", "--no-logq_correction") is False
     assert parse("--loss", "gbce") is False and main_mod.parse_args(["--loss", "gbce"]).num_negatives == 256
 
