@@ -75,7 +75,8 @@ def check_args(args) -> str | None:
     if "in_batch" in sources and args.loss != "sampled_softmax":
         return f"--negatives in_batch needs --loss sampled_softmax (got --loss {args.loss})"
     if args.loss == "gbce" and popularity_negatives(args):
-        return "--loss gbce draws uniform negatives (its beta assumes them): drop popularity / --use_smart_sampling"
+        return ("--loss gbce draws uniform negatives (its beta assumes them): drop popularity "
+                "and --use_smart_sampling")
     if not args.tau > 0:
         return f"--tau must be > 0, got {args.tau}"
     if not 0.0 <= args.gbce_t <= 1.0:
