@@ -46,6 +46,34 @@ ROOT = Path(__file__).resolve().parent
 
 ADAPTIVE_DCS = ["--use_adaptive_similarity", "--similarity_types", "dot", "cosine", "scaled"]
 SMART_COUNTS = ["--use_smart_sampling", "--popularity_source", "counts"]
+# Issue #13's study of objectives (docs/objectives.md); each is main.py's flags, the shared
+# architecture flags go after "--".
+SS = ["--loss", "sampled_softmax"]
+SS1024 = SS + ["--num_negatives", "1024"]
+COSINE_TAU = ["--similarity", "cosine", "--tau", "0.05"]
+SMART = ["--negatives", "popularity"]  # the plan's smart share (--popular_ratio 0.3) of K
+POPULAR = ["--negatives", "popularity", "--popular_ratio", "1"]  # every global draw by popularity
+OBJECTIVE_CONFIGS: dict[str, list[str]] = {
+    "bce": [],
+    "gbce256": ["--loss", "gbce", "--num_negatives", "256", "--gbce_t", "0.75"],
+    "ss_uniform1024": SS1024 + ["--negatives", "uniform"],
+    "ss_uniform3000": SS + ["--num_negatives", "3000", "--negatives", "uniform"],
+    "ss_inbatch_uniform_logq": SS1024 + ["--negatives", "uniform", "in_batch", "--logq_correction"],
+    "ss_inbatch_uniform_nologq": SS1024 + ["--negatives", "uniform", "in_batch",
+                                           "--no-logq_correction"],
+    "full_softmax": ["--loss", "full_softmax"],
+    "ss_uniform1024_cosine_tau": SS1024 + ["--negatives", "uniform"] + COSINE_TAU,
+    "ss_inbatch_uniform_logq_cosine_tau": SS1024 + ["--negatives", "uniform", "in_batch",
+                                                    "--logq_correction"] + COSINE_TAU,
+    "full_softmax_cosine_tau": ["--loss", "full_softmax"] + COSINE_TAU,
+    "ss_uniform1024_adaptive": SS1024 + ["--negatives", "uniform"] + ADAPTIVE_DCS,
+    "full_softmax_adaptive": ["--loss", "full_softmax"] + ADAPTIVE_DCS,
+    "ss_smart1024_logq": SS1024 + SMART + ["--logq_correction"],
+    "ss_smart1024_nologq": SS1024 + SMART + ["--no-logq_correction"],
+    "ss_popular1024_logq": SS1024 + POPULAR + ["--logq_correction"],
+    "ss_popular1024_nologq": SS1024 + POPULAR + ["--no-logq_correction"],
+    "ss_uniform1024_mask_history": SS1024 + ["--negatives", "uniform", "--mask_history"],
+}
 # name -> the main.py flags that make the configuration; feeds --configs choices=. Everything not
 # named here keeps main.py's default (popular_ratio 0.3, popularity_factor 0.75, ...), so e.g.
 # smart_powerlaw differs from smart_counts in the popularity source alone (1 / item_id ** 0.75).
@@ -60,8 +88,13 @@ CONFIGS: dict[str, list[str]] = {
     "adaptive_smart": ADAPTIVE_DCS + SMART_COUNTS,
     "adaptive_smart_curriculum": ADAPTIVE_DCS + SMART_COUNTS
                                  + ["--popular_ratio_schedule", "linear"],
+    **OBJECTIVE_CONFIGS,
 }
+PLAN_CONFIGS = [c for c in CONFIGS if c not in OBJECTIVE_CONFIGS]
 BASELINE = "baseline"
+# The reference of the comparisons: the first of these with finished runs ("bce" is the
+# baseline under its objective-study name).
+REFERENCES = (BASELINE, "bce")
 # main.py flags this script sets per run; passing them after "--" is an error.
 RESERVED = ("data_dir", "seed", "log_dir", "tb_dir", "ckpt_dir", "cache_dir", "eval_protocol",
             "resume", "state_dict_path", "inference_only")
@@ -87,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="V1 data directory for every run; none: main.py's default (TRAIN_DATA_PATH, "
                         "else the built-in demo dataset: pass --demo_users/--demo_items after --)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per configuration")
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                   metavar="NAME", help=f"configurations to run, of: {' '.join(CONFIGS)}")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=PLAN_CONFIGS,
+                   metavar="NAME", help=f"configurations to run (default: the plan's, the "
+                                        f"first {len(PLAN_CONFIGS)}), of: {' '.join(CONFIGS)}")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="runs at once; each gets OMP_NUM_THREADS = cores // jobs unless it is set")
     p.add_argument("--report_only", action="store_true",
@@ -399,11 +433,12 @@ def add_comparison(rows: list[dict]) -> None:
     """Difference of each configuration's mean with the baseline's. It counts only when it
     exceeds two standard deviations, taking the larger of the two configurations' seed std
     (the conservative choice); otherwise it is "no measurable difference"."""
-    base = next((r for r in rows if r["config"] == BASELINE and r["seeds_finished"]), None)
+    base = next((r for name in REFERENCES for r in rows
+                 if r["config"] == name and r["seeds_finished"]), None)
     for row in rows:
         for key in COMPARED:
             delta = threshold = math.nan
-            if row["config"] == BASELINE:
+            if row is base or (base is None and row["config"] in REFERENCES):
                 verdict = "reference"
             elif base is None or not row["seeds_finished"]:
                 verdict = "n/a (no finished runs)" if base else "n/a (no baseline runs)"

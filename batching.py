@@ -179,4 +179,7 @@ class TrainBatches:
         batch = training_arrays(self.seqs, ranges, self.maxlen)
         hist, offsets = item_histories(self.seqs, ranges)
         batch["neg"] = self.sampler.sample(hist, offsets, batch["pos"] != 0)
+        shared = getattr(self.sampler, "shared_negatives", None)  # losses other than BCE-1
+        if shared is not None:
+            batch.update(shared(batch))
         return batch

@@ -4,6 +4,7 @@
     python bench.py --amp bf16                      # bf16 autocast; MFU against a bf16 peak
     python bench.py --compare_attention             # every --attention_impl, same run
     python bench.py --compare_amp --compare_sparse  # fp32 vs bf16, dense vs sparse, same run
+    python bench.py --compare_loss sampled_softmax:1024 full_softmax   # objectives vs bce, same run
     python bench.py --synthetic_items 50000 5000000 --sparse_embeddings --compare_sparse --no-eval
 
 Data: --data_dir, else ML-1M from ../shared/data/ml-1m converted once by prepare_data.py into
@@ -41,6 +42,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import main
+import objective
 from cli_types import int_at_least, non_negative_int, positive_int
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
@@ -81,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the other --sparse_embeddings setting in the same run")
     g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
                    help="time a full-ranking evaluation of all leave-one-out test users")
+    g.add_argument("--compare_loss", nargs="+", default=[], metavar="LOSS[:K]",
+                   help="also measure these objectives in the same run, each LOSS or LOSS:K "
+                        "(--num_negatives), e.g. sampled_softmax:1024 full_softmax gbce:256; "
+                        "--negatives and the other objective flags are shared (in_batch by "
+                        "sampled_softmax cases only)")
     g.add_argument("--compare_amp", action="store_true",
                    help="also measure the other --amp setting in the same run")
     g.add_argument("--threads", type=positive_int, default=None,
@@ -98,7 +105,32 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise SystemExit("--l2_emb cannot be combined with --sparse_embeddings (see main.py)")
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    args.loss_cases = [loss_case(args, f"{args.loss}:{args.num_negatives}" if
+                                 args.num_negatives else args.loss)]
+    args.loss_cases += [loss_case(args, spec) for spec in args.compare_loss]
+    error = objective.check_args(args)
+    if error:
+        raise SystemExit(f"error: {error}")
     return args
+
+
+def loss_case(args, spec: str) -> tuple[str, dict]:
+    """"LOSS" or "LOSS:K" -> (label word, the objective's resolved flags for that case)."""
+    name, _, k = spec.partition(":")
+    if name not in objective.LOSSES or (k and not k.isdigit()):
+        raise SystemExit(f"error: --compare_loss {spec!r}: expected LOSS or LOSS:K with LOSS "
+                         f"one of {', '.join(objective.LOSSES)}")
+    # in_batch is for sampled_softmax alone: the other losses' cases draw without it
+    negatives = [n for n in args.negatives if n != "in_batch" or name == "sampled_softmax"]
+    case = argparse.Namespace(**{**vars(args), "loss": name, "negatives": negatives or ["uniform"],
+                                 "num_negatives": int(k) if k else None})
+    error = objective.check_args(case)
+    if error:
+        raise SystemExit(f"error: --compare_loss {spec}: {error}")
+    keys = ("loss", "num_negatives", "logq_correction", "negatives")
+    word = name if name == "full_softmax" or (name == "bce" and case.num_negatives == 1) \
+        else f"{name}:{case.num_negatives}"
+    return f"loss={word}", {key: getattr(case, key) for key in keys}
 
 
 # --------------------------------------------------------------------------- data
@@ -252,7 +284,17 @@ class TimedSampler:
             self.seconds += time.perf_counter() - start
 
     def __getattr__(self, name):
-        return getattr(self.sampler, name)
+        attr = getattr(self.sampler, name)
+        if name != "shared_negatives":
+            return attr
+
+        def timed(*a, **kw):  # the shared negatives of the softmax losses count as sampling
+            start = time.perf_counter()
+            try:
+                return attr(*a, **kw)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed
 
 
 class Case:
@@ -298,9 +340,20 @@ class Case:
         t3 = time.perf_counter()
         self.losses.append(float(loss.detach()))  # after the timer: .item() syncs a GPU
         b, n = batch["seq"].shape
+        targets = int((batch["pos"] != 0).sum())
         return {"assembly": t1 - t0 - self.sampler.seconds, "sampling": self.sampler.seconds,
                 "h2d": t2 - t1, "model": t3 - t2, "total": t3 - t0, "seqs": b,
-                "targets": int((batch["pos"] != 0).sum()), "flops": step_flops(self.model, b, n)}
+                "targets": targets, "device_peak_mb": self._device_peak_mb(),
+                "flops": step_flops(self.model, b, n) + candidate_flops(self, batch)}
+
+    def _device_peak_mb(self) -> float:
+        """CUDA: the most memory this step allocated (reset for the next); CPU: nan (use
+        peak_rss_mb of a run with this configuration alone)."""
+        if self.device.type != "cuda":
+            return float("nan")
+        peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return peak
 
     def summary(self, peak_gflops: float, matmul_s: float) -> dict:
         """Medians over the recorded steps; a rate is median(work per step) / median(step time),
@@ -323,6 +376,8 @@ class Case:
             "mfu": achieved / peak_gflops,
             "matmul_ms_per_step": 1e3 * matmul_s,
             "mfu_ceiling": med(r["flops"]) / matmul_s / 1e9 / peak_gflops,
+            "device_peak_mb": (float(np.max(r["device_peak_mb"])) if self.device.type == "cuda"
+                               else None),
             "loss_first": self.losses[0], "loss_last": self.losses[-1],
             "loss_finite": bool(np.isfinite(self.losses).all()),
         }
@@ -341,6 +396,17 @@ class Case:
         _sync(self.device)
         return {"eval_seconds": time.perf_counter() - start, "eval_users": len(test.targets),
                 "eval_metrics": metrics}
+
+
+def candidate_flops(case: Case, batch: dict) -> int:
+    """Matrix-product FLOPs of scoring the targets against shared candidates (forward +
+    backward, 3 x 2 x targets x candidates x D); 0 for the baseline's per-position negatives,
+    which step_flops counts as its logits."""
+    if "target_index" not in batch:
+        return 0
+    n = len(batch["target_index"])  # "cand" holds the global and the in-batch candidates
+    m = case.data.itemnum if case.args.loss == "full_softmax" else len(batch["cand"])
+    return 3 * 2 * n * m * case.model.hidden
 
 
 # the kernels that do a step's matrix products (linear layers, bmm of the attention)
@@ -387,12 +453,15 @@ def case_grid(args) -> list[tuple[str, argparse.Namespace, int | None]]:
         sparse.append(not args.sparse_embeddings)
     amp = [args.amp] + ([a for a in main.AMP_DTYPES if a != args.amp] if args.compare_amp else [])
     items = args.synthetic_items or [None]
+    losses = args.loss_cases
     grid = []
-    for n, s, a, impl in product(items, sparse, amp, attention):
+    for n, s, a, impl, (word, loss) in product(items, sparse, amp, attention, losses):
+        show_loss = len(losses) > 1 or args.loss != "bce"
         label = " ".join(filter(None, [f"items={n}" if n else "", "sparse" if s else "dense",
-                                       PRECISION_NAMES[a], f"attn={impl}"]))
+                                       PRECISION_NAMES[a], f"attn={impl}",
+                                       word if show_loss else ""]))
         grid.append((label, argparse.Namespace(**{**vars(args), "sparse_embeddings": s,
-                                                  "amp": a, "attention_impl": impl}), n))
+                                                  "amp": a, "attention_impl": impl, **loss}), n))
     return grid
 
 

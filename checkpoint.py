@@ -27,7 +27,7 @@ WEIGHTS, CONFIG = "model.pt", "config.json"
 # Flags that change the shapes or the function of the model: a checkpoint must agree on them.
 ARCHITECTURE_KEYS = ("hidden_units", "num_blocks", "num_heads", "maxlen", "norm_first",
                      "dnn_relu", "feature_fusion", "positions",
-                     "use_adaptive_similarity", "similarity_types", "mm_emb_id")
+                     "use_adaptive_similarity", "similarity_types", "similarity", "mm_emb_id")
 
 
 class CheckpointError(Exception):

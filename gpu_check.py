@@ -25,6 +25,7 @@ import torch
 
 import bench
 import main
+import objective
 from cli_types import non_negative_int, positive_int
 
 PRECISIONS = {"fp32": "none", "bf16": "bf16"}  # label -> --amp
@@ -46,7 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="side of the square matmul that measures the peak "
                         f"(default {bench.PEAK_SIZE} on CPU, {bench.PEAK_SIZE_CUDA} on CUDA)")
     p.set_defaults(device="cuda", num_epochs=1)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    error = objective.check_args(args)
+    if error:
+        p.error(error)
+    return args
 
 
 def _device(name: str) -> torch.device:

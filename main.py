@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import distributed as dist
+import objective
 import run_folders
 import run_summary
 import tb_meta
@@ -40,7 +41,7 @@ from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, Base
                    ModelConfigError)
 from optim import BETAS, build_optimizer
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES, build_sampler
-from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITY_TYPES, build_similarity
+from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITIES, SIMILARITY_TYPES, build_similarity
 
 log = logging.getLogger("main")
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p.add_argument_group("model (the baseline's flags and defaults)"))
     _training_flags(p.add_argument_group("training"))
     _sampling_flags(p.add_argument_group("negative sampling"))
+    objective.add_flags(p.add_argument_group("objective (docs/objectives.md)"))
     _evaluation_flags(p.add_argument_group("evaluation"))
     return p
 
@@ -129,6 +131,9 @@ def _model_flags(g) -> None:
     g.add_argument("--similarity_types", nargs="+", choices=SIMILARITY_TYPES,
                    default=list(DEFAULT_SIMILARITY_TYPES),
                    help="similarities mixed by --use_adaptive_similarity")
+    g.add_argument("--similarity", choices=list(SIMILARITIES), default="dot",
+                   help="fixed similarity when not --use_adaptive_similarity: dot (the baseline) "
+                        "or cosine (pair it with a low --tau)")
 
 
 def _training_flags(g) -> None:
@@ -199,6 +204,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "it cannot be combined with --sparse_embeddings")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
+    error = objective.check_args(args)
+    if error:
+        parser.error(error)
     if args.eval_protocol is None:  # the demo shows ranking metrics; real data: the baseline's
         args.eval_protocol = "random_user" if args.data_dir else "leave_one_out"
     if args.run_name is None:
@@ -294,10 +302,14 @@ def make_split(args, data):
 
 
 def make_sampler(args, data, split, seed: int):
-    return build_sampler(data.itemnum, item_counts(data.seqs, split.train, data.itemnum),
-                         np.asarray(data.item_valid), seed, args.use_smart_sampling,
-                         args.popular_ratio, args.popularity_source, args.popularity_factor,
-                         args.popular_ratio_schedule, args.curriculum_epochs)
+    """The negatives batch assembly draws: the per-position sampler (the baseline's BCE), or
+    the shared negatives of the other losses over it (objective.wrap_sampler)."""
+    counts = item_counts(data.seqs, split.train, data.itemnum)
+    sampler = build_sampler(data.itemnum, counts, np.asarray(data.item_valid), seed,
+                            objective.popularity_negatives(args), args.popular_ratio,
+                            args.popularity_source, args.popularity_factor,
+                            args.popular_ratio_schedule, args.curriculum_epochs)
+    return objective.wrap_sampler(args, sampler, counts)
 
 
 def feature_tensors(data) -> dict[str, torch.Tensor]:
@@ -313,7 +325,7 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
                 usernum: int) -> BaseModel:
     """The model the flags describe; also rebuilds a trained one from a checkpoint's args."""
     similarity = build_similarity(args.hidden_units, args.use_adaptive_similarity,
-                                  args.similarity_types)
+                                  args.similarity_types, args.similarity)
     return BaseModel(schema, tables, itemnum, usernum,
                      hidden_units=args.hidden_units, num_blocks=args.num_blocks,
                      num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
@@ -339,7 +351,8 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
 def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
     """The baseline's loss: BCE on positives (label 1) and negatives (label 0) over the slots
     whose next token is an item. Masked means instead of boolean indexing, which would sync the
-    GPU. A negative of 0 (a user who has every item) is left out of the negative term."""
+    GPU. A negative of 0 (a user who has every item) is left out of the negative term.
+    Training goes through losses.BCE now; this stays as the baseline's reference (tests)."""
     pos_mask = ((batch["next_token_type"] == 1) & (batch["pos"] != 0)).float()
     neg_mask = pos_mask * (batch["neg"] != 0)
     pos_loss = F.binary_cross_entropy_with_logits(pos_logits.float(), torch.ones_like(pos_mask),
@@ -351,9 +364,10 @@ def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
 
 
 def compute_loss(model, batch, args, amp_dtype) -> torch.Tensor:
+    """The --loss objective of one batch (losses.py; logits and reductions in fp32)."""
     with autocast(batch["seq"].device, amp_dtype):
-        pos_logits, neg_logits = model(batch["seq"], batch["token_type"], batch["pos"], batch["neg"])
-    loss = bce_loss(pos_logits, neg_logits, batch)
+        loss = objective.objective_loss(model, dist.unwrap(model), batch,
+                                        objective.build_objective(args))
     if args.l2_emb:
         loss = loss + args.l2_emb * dist.unwrap(model).item_emb.weight.norm()
     return loss
@@ -488,7 +502,7 @@ def log_similarity(writer, model, step: int) -> None:
 
 @torch.no_grad()
 def validation_loss(model, seqs, ranges, args, device, amp_dtype, sampler) -> float:
-    """Mean BCE over held-out users (fixed-seed negatives, so epochs compare)."""
+    """Mean --loss over held-out users (fixed-seed negatives, so epochs compare)."""
     model.eval()
     total, n = torch.zeros((), device=device), 0
     batches = TrainBatches(seqs, ranges, args.maxlen, args.batch_size, sampler, seed=0,

@@ -342,13 +342,25 @@ class BaseModel(nn.Module):
         eye = torch.eye(n, dtype=torch.bool, device=nonpad.device)
         return ((causal & nonpad[:, None, :]) | eye).unsqueeze(1)
 
-    def forward(self, seq: Tensor, token_type: Tensor, pos: Tensor, neg: Tensor
-                ) -> tuple[Tensor, Tensor]:
-        """(B, L) int each -> pos_logits, neg_logits (B, L)."""
+    def forward(self, seq: Tensor, token_type: Tensor, pos: Tensor, neg: Tensor | None,
+                cand: Tensor | None = None, vectors: bool = False) -> tuple:
+        """(B, L) int each -> pos_logits, neg_logits (B, L).
+
+        With vectors=True the similarity is left to the loss: -> (feats, pos, neg) (B, L, D)
+        each (neg None when not given) and the vectors of the candidate ids cand (M,) -> (M, D)
+        (None when not given). Losses go through forward so a DDP wrapper sees the call."""
         seq_items = seq * (token_type == TOKEN_ITEM)
-        lookups = torch.stack([seq_items, pos, neg])  # (3, B, L)
-        item_vecs = self._item_lookup(lookups)
+        lookups = torch.stack([seq_items, pos] if neg is None else [seq_items, pos, neg])
+        cand_vecs = None
+        if cand is None:
+            item_vecs = self._item_lookup(lookups)  # (2 or 3, B, L, D)
+        else:  # one lookup for all ids, so itemdnn runs over the catalogue at most once
+            flat = self._item_lookup(torch.cat([lookups.reshape(-1), cand]))
+            item_vecs = flat[:lookups.numel()].view(*lookups.shape, -1)
+            cand_vecs = flat[lookups.numel():]
         feats = self.log2feats(seq, token_type, item_part=item_vecs[0])
+        if vectors:
+            return feats, item_vecs[1], None if neg is None else item_vecs[2], cand_vecs
         return self.similarity(feats, item_vecs[1]), self.similarity(feats, item_vecs[2])
 
     def _item_lookup(self, ids: Tensor) -> Tensor:

@@ -224,6 +224,25 @@ class SmartNegativeSampler:
         self._record(out, source, np.asarray(target_mask, dtype=bool))
         return (out, source) if return_source else out
 
+    def sample_shared(self, num: int) -> tuple[np.ndarray, np.ndarray]:
+        """num negatives shared by a whole batch (the softmax losses' global negatives).
+
+        -> ids (num,) int64 and log_count (num,) float64, the log of each id's expected number
+        of occurrences in such a draw (the logQ correction, comparable across sources).
+        Exactly round(num * current_popular_ratio) ids are drawn by popularity, the rest
+        uniformly over the valid items, with replacement and without history exclusion: the
+        loss masks accidental hits instead. Records epoch statistics like `sample`.
+        """
+        if int(num) < 1:
+            raise ValueError(f"num must be >= 1, got {num}")
+        is_pop = self._assign_popular(int(num), self._ratio)
+        ids = self._draw(is_pop)
+        self._record(ids[None], is_pop[None], np.ones((1, ids.size), dtype=bool))
+        n_pop = int(np.count_nonzero(is_pop))
+        expected = (n_pop * self.popularity[ids]
+                    + (ids.size - n_pop) * self.valid_items[ids] / self._valid_ids.size)
+        return ids, np.log(expected)
+
     def _sample(
         self, hist_items: np.ndarray, hist_offsets: np.ndarray, target_mask: np.ndarray, popular_ratio: float
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,10 @@ _TERM_WEIGHTS: dict[str, tuple[str, float]] = {
 }
 SIMILARITY_TYPES: tuple[str, ...] = tuple(_TERM_WEIGHTS)  # feeds argparse choices=
 DEFAULT_SIMILARITY_TYPES: tuple[str, ...] = ("dot", "cosine", "scaled")
+# The adaptive similarity's learned temperature is used clamped to this range: under a softmax
+# loss an unbounded multiplier can grow until the logits overflow (or cross 0 and flip every
+# ranking); outside the range its gradient is 0, so it stops there.
+TEMPERATURE_RANGE: tuple[float, float] = (0.01, 100.0)
 
 # Combines a query-side and an item-side tensor into scores: pairwise or all-pairs.
 PairFn = Callable[[Tensor, Tensor], Tensor]
@@ -98,6 +102,39 @@ class DotSimilarity(nn.Module):
         return {}
 
 
+class CosineSimilarity(nn.Module):
+    """Cosine of query and item, in [-1, 1]. Scores this narrow cannot separate items under a
+    softmax unless the loss divides them by a low temperature (--tau 0.02-0.1, see
+    docs/objectives.md); rankings do not depend on that temperature."""
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, query: Tensor, items: Tensor) -> Tensor:
+        """query (..., D), items (..., D) -> (...)."""
+        return _pairwise(unit(query, self.eps), unit(items, self.eps))
+
+    def score_all(self, queries: Tensor, items: Tensor) -> Tensor:
+        """queries (B, D), items (N, D) -> (B, N)."""
+        return unit(queries, self.eps) @ unit(items, self.eps).T
+
+    def query_vectors(self, queries: Tensor) -> Tensor:
+        """queries (B, D) -> (B, D): unit vectors, so the inner product is the cosine."""
+        return unit(queries, self.eps)
+
+    def item_vectors(self, items: Tensor) -> Tensor:
+        """items (N, D) -> (N, D)."""
+        return unit(items, self.eps)
+
+    def scalars(self) -> dict[str, float]:
+        return {}
+
+
+# Fixed (parameter-free) similarities by name; feeds argparse choices= of --similarity.
+SIMILARITIES: dict[str, type[nn.Module]] = {"dot": DotSimilarity, "cosine": CosineSimilarity}
+
+
 def check_similarity_types(similarity_types: Sequence[str]) -> tuple[str, ...]:
     """Validate a list of type names; raise ValueError naming the valid ones."""
     types = tuple(similarity_types)
@@ -160,7 +197,11 @@ class AdaptiveSimilarity(nn.Module):
             score = score + self._weight("cosine") * cos
         if self._uses("bilinear"):
             score = score + self._weight("bilinear") * pair(q @ self.bilinear_weight, v)
-        return self.temperature * score
+        return self.scale() * score
+
+    def scale(self) -> Tensor:
+        """The temperature as used: clamped to TEMPERATURE_RANGE (a 0-d tensor)."""
+        return self.temperature.clamp(*TEMPERATURE_RANGE)
 
     def forward(self, query: Tensor, items: Tensor) -> Tensor:
         """query (..., D), items (..., D) broadcastable -> (...)."""
@@ -188,9 +229,9 @@ class AdaptiveSimilarity(nn.Module):
                 lin = lin + self._weight("scaled") * (queries / self._sqrt_d)
             if self._uses("bilinear"):
                 lin = lin + self._weight("bilinear") * (queries @ self.bilinear_weight)
-            parts.append(self.temperature * lin)
+            parts.append(self.scale() * lin)
         if self._uses("cosine"):
-            parts.append(self.temperature * self._weight("cosine") * unit(queries, self.eps))
+            parts.append(self.scale() * self._weight("cosine") * unit(queries, self.eps))
         return torch.cat(parts, dim=-1)
 
     def item_vectors(self, items: Tensor) -> Tensor:
@@ -212,8 +253,12 @@ def build_similarity(
     hidden_dim: int,
     adaptive: bool,
     similarity_types: Sequence[str] = DEFAULT_SIMILARITY_TYPES,
+    fixed: str = "dot",
 ) -> nn.Module:
-    """The similarity a model uses: the baseline dot product, or a learned mix of types."""
-    if not adaptive:
-        return DotSimilarity()
-    return AdaptiveSimilarity(hidden_dim, similarity_types)
+    """The similarity a model uses: a learned mix of types when adaptive, else the fixed one
+    named (SIMILARITIES: "dot", the baseline, or "cosine")."""
+    if adaptive:
+        return AdaptiveSimilarity(hidden_dim, similarity_types)
+    if fixed not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {fixed!r}; valid: {', '.join(SIMILARITIES)}")
+    return SIMILARITIES[fixed]()

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from similarity import (  # noqa: E402
     DEFAULT_SIMILARITY_TYPES,
     SIMILARITY_TYPES,
+    TEMPERATURE_RANGE,
     AdaptiveSimilarity,
     DotSimilarity,
     SimilarityCalculator,
@@ -65,7 +66,7 @@ def _reference(sim: AdaptiveSimilarity, q: torch.Tensor, v: torch.Tensor) -> tor
         total += sim.gamma * dot / math.sqrt(D)
     if "bilinear" in types:
         total += sim.delta * torch.einsum("...i,ij,...j->...", q, sim.bilinear_weight, v)
-    return sim.temperature * total
+    return sim.temperature.clamp(*TEMPERATURE_RANGE) * total
 
 
 @pytest.mark.parametrize("types", SUBSETS, ids=_subset_id)
