@@ -419,6 +419,7 @@ def ratios(summaries: list[dict]) -> dict[str, float]:
            for s in summaries[1:]}
     by_words = {tuple(s["label"].split()): s["step_ms_median"] for s in summaries}
     for slow, fast in (("attn=sdpa", "attn=fast"), ("attn=fast_full", "attn=fast"),
+                       ("attn=autograd", "attn=fast"),
                        ("fp32", "bf16"), ("dense", "sparse")):
         for words, ms in by_words.items():
             if fast in words:

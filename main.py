@@ -105,7 +105,8 @@ def _model_flags(g) -> None:
     g.add_argument("--attention_impl", choices=ATTENTION_IMPLS, default="fast",
                    help="sdpa: torch's scaled_dot_product_attention; fast: the same function on CPU with a "
                         "cheaper dropout mask, skipping the causal top-right quarter of the scores; "
-                        "fast_full: fast without that skip (for benchmarks); GPUs always use sdpa")
+                        "fast_full: fast without that skip; autograd: fast differentiated op by op, "
+                        "without its hand-written backward (both for benchmarks); GPUs always use sdpa")
     g.add_argument("--use_adaptive_similarity", action="store_true",
                    help="score with a learned mix of similarities instead of the dot product")
     g.add_argument("--similarity_types", nargs="+", choices=SIMILARITY_TYPES,

@@ -25,7 +25,7 @@ import gpu_check
 import main
 from batching import TrainBatches
 from dataset import load_dataset
-from model import BaseModel, attention, dropout, fast_keep_mask
+from model import ATTENTION_IMPLS, BaseModel, attention, dropout, fast_keep_mask
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
 
@@ -381,9 +381,10 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
     assert 0 < result["matmul_ms_per_step"] < result["step_ms_median"]
     assert result["mfu"] < result["mfu_ceiling"]
     assert result["config"]["maxlen"] == 10 and result["config"]["num_heads"] == 1  # paper default
-    assert len(result["cases"]) == 3 and out.is_file()
+    assert len(result["cases"]) == len(ATTENTION_IMPLS) and out.is_file()
     assert any(k.startswith("speedup attn=fast vs attn=sdpa") for k in result["ratios"])
     assert any(k.startswith("speedup attn=fast vs attn=fast_full") for k in result["ratios"])
+    assert any(k.startswith("speedup attn=fast vs attn=autograd") for k in result["ratios"])
     synthetic = bench.bench(["--synthetic_items", "500", "3000", "--synthetic_users", "50",
                              "--maxlen", "10", "--hidden_units", "8", "--batch_size", "16",
                              "--steps", "1", "--warmup", "0", "--sparse_embeddings", "--no-eval",
