@@ -13,7 +13,11 @@ in memory, see `synthetic_dataset`). Configuration: main.py's flags, with the SA
 values as defaults (PAPER_ML1M) and the leave-one-out protocol.
 
 Every step is timed in parts: batch assembly (windows, histories), negative sampling and the
-host-to-device copy ("outside the model"), then forward + backward + optimizer step. Numbers are
+host-to-device copy ("outside the model"), then forward + backward + optimizer step. With
+--input_workers N (main.py's flag, default 1) the batches are built ahead in background threads
+(input_pipeline.py) and the step only waits for them: "in wait" is that share of the step.
+input_seq_per_s is the input pipeline alone (model skipped), with 0 and N workers;
+--input_only measures just that (e.g. at the competition's --maxlen 101 --batch_size 2048). Numbers are
 medians over the timed steps after --warmup steps. MFU = step_flops (the model's matrix-product
 FLOPs, forward + backward) / median step time / the machine's matmul peak in the step's precision;
 the peak is the median of one square matmul (2048 on CPU, 8192 on CUDA) timed after every round
@@ -44,6 +48,7 @@ import main
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
 from evaluate import evaluate
+from input_pipeline import prefetch
 from model import ATTENTION_IMPLS, BaseModel, score_blocks
 from similarity import DotSimilarity
 
@@ -84,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the other --amp setting in the same run")
     g.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's); 1 is steadier on a busy box")
+    g.add_argument("--input_batches", type=int, default=20,
+                   help="batches timed for input_seq_per_s (the input pipeline alone, model "
+                        "skipped), with 0 and with --input_workers workers")
+    g.add_argument("--input_only", action="store_true",
+                   help="measure only the input pipeline (e.g. at the competition's batch 2048)")
     g.add_argument("--peak_size", type=int, default=None,
                    help="side of the square matmul that measures the peak "
                         f"(default {PEAK_SIZE} on CPU, {PEAK_SIZE_CUDA} on CUDA)")
@@ -95,8 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.sparse_embeddings and args.l2_emb:
         raise SystemExit("--l2_emb cannot be combined with --sparse_embeddings (see main.py)")
-    if args.steps < 1 or args.warmup < 0:
-        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.input_batches < 1:
+        raise SystemExit("--steps and --input_batches must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -278,7 +288,8 @@ class Case:
             epoch += 1
             self.sampler.set_epoch(epoch)
             torch.manual_seed(self.args.seed * 100_003 + epoch)
-            yield from self.batches.epoch(epoch)
+            yield from prefetch(self.batches.epoch(epoch), self.args.input_workers,
+                                pin=self.device.type == "cuda")
 
     def step(self) -> dict:
         self.model.train()
@@ -297,7 +308,9 @@ class Case:
         t3 = time.perf_counter()
         self.losses.append(float(loss.detach()))  # after the timer: .item() syncs a GPU
         b, n = batch["seq"].shape
-        return {"assembly": t1 - t0 - self.sampler.seconds, "sampling": self.sampler.seconds,
+        # with input workers the sampler runs in their thread, ahead: the loop only waits
+        sampling = self.sampler.seconds if self.args.input_workers == 0 else 0.0
+        return {"assembly": t1 - t0 - sampling, "sampling": sampling, "input_wait": t1 - t0,
                 "h2d": t2 - t1, "model": t3 - t2, "total": t3 - t0, "seqs": b,
                 "targets": int((batch["pos"] != 0).sum()), "flops": step_flops(self.model, b, n)}
 
@@ -315,6 +328,7 @@ class Case:
             "assembly_ms_median": 1e3 * med(r["assembly"]),
             "sampling_ms_median": 1e3 * med(r["sampling"]), "h2d_ms_median": 1e3 * med(r["h2d"]),
             "outside_model_share": med(outside / r["total"]),
+            "input_wait_share": med(r["input_wait"] / r["total"]),
             "train_seq_per_s": med(r["seqs"]) / med(r["total"]),
             "target_tokens_per_s": med(r["targets"]) / med(r["total"]),
             "model_gflops_per_step": med(r["flops"]) / 1e9,
@@ -340,6 +354,34 @@ class Case:
         _sync(self.device)
         return {"eval_seconds": time.perf_counter() - start, "eval_users": len(test.targets),
                 "eval_metrics": metrics}
+
+
+def input_throughput(args, data: Dataset, split, workers: int, batches: int,
+                     pin: bool = False) -> float:
+    """Sequences per second that the input pipeline alone delivers (windows, histories,
+    negatives; pinned on CUDA) through `workers` background workers: `batches` batches of a
+    fresh epoch 1, timed after the first (thread start, first-touch of the data)."""
+    sampler = main.make_sampler(args, data, split, seed=args.seed + 1)
+    source = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler,
+                          seed=args.seed)
+    stream = prefetch(_repeat_epochs(source), workers, pin=pin)
+    iterator = iter(stream)
+    next(iterator)
+    start, seqs = time.perf_counter(), 0
+    for _ in range(batches):
+        seqs += len(next(iterator)["seq"])
+    seconds = time.perf_counter() - start
+    if hasattr(stream, "close"):
+        stream.close()
+    return seqs / seconds
+
+
+def _repeat_epochs(batches: TrainBatches):
+    epoch = 0
+    while True:
+        epoch += 1
+        batches.sampler.set_epoch(epoch)
+        yield from batches.epoch(epoch)
 
 
 # the kernels that do a step's matrix products (linear layers, bmm of the attention)
@@ -443,7 +485,8 @@ def report(summaries: list[dict], extra: dict) -> str:
             ("targets/s", "target_tokens_per_s", "{:,.0f}"),
             ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
             ("matmul ms", "matmul_ms_per_step", "{:.1f}"), ("MFU ceil", "mfu_ceiling", "{:.1%}"),
-            ("outside", "outside_model_share", "{:.1%}")]
+            ("outside", "outside_model_share", "{:.1%}"),
+            ("in wait", "input_wait_share", "{:.1%}")]
     width = max(len(s["label"]) for s in summaries) + 2
     lines = [f"{'configuration':<{width}}" + "".join(f"{c:>12}" for c, _, _ in cols)]
     for s in summaries:
@@ -451,6 +494,17 @@ def report(summaries: list[dict], extra: dict) -> str:
                                                         for _, k, fmt in cols))
     lines += [f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in extra.items()]
     return "\n".join(lines)
+
+
+def report_inputs(args, inputs: dict[int, float]) -> dict:
+    """--input_only: print and return the input pipeline's throughput by worker count."""
+    print(f"input_seq_per_s (model skipped, batch {args.batch_size}, maxlen {args.maxlen}): "
+          + ", ".join(f"{v:,.0f} with {w} workers" for w, v in inputs.items()))
+    result = {"input_seq_per_s": inputs[args.input_workers],
+              "input_seq_per_s_by_workers": inputs, "config": vars(args)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return result
 
 
 def bench(argv=None) -> dict | None:
@@ -464,6 +518,11 @@ def bench(argv=None) -> dict | None:
     if datasets is None:
         print(f"skipped: no --data_dir and {ML1M_SRC} is absent (ML-1M is read from ../shared)")
         return None
+    inputs = {w: input_throughput(args, *next(iter(datasets.values())), w, args.input_batches,
+                                  pin=device.type == "cuda")
+              for w in sorted({0, args.input_workers})}
+    if args.input_only:
+        return report_inputs(args, inputs)
     grid = case_grid(args)
     args.peak_size = args.peak_size or peak_size(device)
     meters = {a.amp: PeakMeter(device, main.AMP_DTYPES[a.amp] or torch.float32, args.peak_size)
@@ -477,6 +536,8 @@ def bench(argv=None) -> dict | None:
     result = {**summaries[0], **evaluation,
               "peak_gflops_by_precision": {PRECISION_NAMES[a]: m.gflops for a, m in meters.items()},
               "peak_rss_mb": peak_rss_mb,
+              "input_seq_per_s": inputs[args.input_workers],
+              "input_seq_per_s_by_workers": inputs,
               "cases": summaries, "ratios": ratios(summaries),
               "data": {"users": first.data.seqs.num_lines, "items": first.data.itemnum,
                        "tokens": int(len(first.data.seqs.tok_id)),
@@ -489,6 +550,9 @@ def bench(argv=None) -> dict | None:
              "between the steps)": f"{value:.1f}"
              for name, value in result["peak_gflops_by_precision"].items()}
     extra.update(result["ratios"])
+    for w, v in inputs.items():
+        extra[f"input_seq_per_s with {w} workers (model skipped)"] = f"{v:,.0f}"
+    extra["input_seq_per_s / train_seq_per_s"] = inputs[args.input_workers] / summaries[0]["train_seq_per_s"]
     if evaluation:
         extra["eval_seconds"] = evaluation["eval_seconds"]
         extra["eval users / NDCG@10"] = (f"{evaluation['eval_users']} / "

@@ -29,6 +29,7 @@ from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_s
     random_user_split, training_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
 from evaluate import evaluate, format_table
+from input_pipeline import prefetch
 from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
                    ModelConfigError)
 from optim import BETAS, build_optimizer
@@ -128,6 +129,9 @@ def _training_flags(g) -> None:
                         "step cost no longer grows with the catalogue")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model; losses and metrics stay fp32")
+    g.add_argument("--input_workers", type=int, default=1,
+                   help="background threads that build batches (windows, negatives) ahead of the "
+                        "model, in the same order; 0: built inline between steps")
     g.add_argument("--log_every", type=int, default=20, help="steps between Loss/train points")
     g.add_argument("--state_dict_path", default=None,
                    help="checkpoint folder or model.pt: resume training, or serve --inference_only")
@@ -175,6 +179,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sparse_embeddings and args.l2_emb:
         parser.error("--l2_emb adds the norm of the whole item table (a dense gradient): "
                      "it cannot be combined with --sparse_embeddings")
+    if args.input_workers < 0:
+        parser.error(f"--input_workers must be >= 0 (0: batches built inline), got {args.input_workers}")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
     for name in ("log_dir", "tb_dir", "ckpt_dir"):
@@ -272,9 +278,9 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
     """Pinned host memory + non_blocking copies, so the copy overlaps the GPU's work."""
     out = {}
     for k, v in batch.items():
-        t = torch.from_numpy(v)
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(v)  # pinned by a worker
         if device.type == "cuda":
-            t = t.pin_memory().to(device, non_blocking=True)
+            t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
         out[k] = t
     return out
 
@@ -376,7 +382,8 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     window, window_steps = torch.zeros((), device=device), 0
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     step_on_device = torch.full((), state.global_step, dtype=torch.long, device=device)
-    bar = tqdm(batches.epoch(state.epoch), total=len(batches), desc=f"epoch {state.epoch}",
+    stream = prefetch(batches.epoch(state.epoch), args.input_workers, pin=device.type == "cuda")
+    bar = tqdm(stream, total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
     for i, batch in enumerate(bar):
         loss = compute_loss(model, to_device(batch, device), args, amp_dtype)

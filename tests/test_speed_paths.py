@@ -373,7 +373,8 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
                           "--peak_size", "256",
                           "--json", str(out)])
     for key in ("train_seq_per_s", "target_tokens_per_s", "mfu", "achieved_gflops", "peak_gflops",
-                "outside_model_share", "eval_seconds", "peak_rss_mb", "step_ms_median", "config"):
+                "outside_model_share", "eval_seconds", "peak_rss_mb", "step_ms_median", "config",
+                "input_seq_per_s", "input_wait_share"):
         assert key in result, key
     assert 0 < result["mfu"] and 0 <= result["outside_model_share"] <= 1
     # the matrix products are part of the step: the profiled time is positive and below the
@@ -392,6 +393,11 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
     assert [c["label"] for c in synthetic["cases"]] == ["items=500 sparse fp32 attn=fast",
                                                         "items=3000 sparse fp32 attn=fast"]
     assert "eval_seconds" not in synthetic and synthetic["data"]["items"] == 500
+    assert set(result["input_seq_per_s_by_workers"]) == {0, 1} and result["input_seq_per_s"] > 0
+    inputs = bench.bench(["--synthetic_items", "500", "--synthetic_users", "50", "--maxlen", "10",
+                          "--batch_size", "16", "--input_only", "--input_workers", "2",
+                          "--input_batches", "3", "--device", "cpu"])
+    assert set(inputs["input_seq_per_s_by_workers"]) == {0, 2} and "cases" not in inputs
 
 
 def test_gpu_check_smoke_on_cpu(demo_cache, capsys):
