@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the other --sparse_embeddings setting in the same run")
     g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
                    help="time a full-ranking evaluation of all leave-one-out test users")
+    g.add_argument("--compare_compile", action="store_true",
+                   help="also measure the other --compile setting in the same run (the compile "
+                        "itself happens in the warmup steps; give enough --warmup)")
     g.add_argument("--compare_amp", action="store_true",
                    help="also measure the other --amp setting in the same run")
     g.add_argument("--threads", type=int, default=None,
@@ -276,6 +279,8 @@ class Case:
         self.model = main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
                                       data.itemnum, data.usernum).to(device)
         self.optimizer = main.build_optimizer(self.model, args.lr, args.adam_betas)
+        if args.compile:
+            main.compile_model(self.model)
         self.batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size,
                                     self.sampler, seed=args.seed)
         self.records: list[dict] = []
@@ -428,12 +433,15 @@ def case_grid(args) -> list[tuple[str, argparse.Namespace, int | None]]:
         sparse.append(not args.sparse_embeddings)
     amp = [args.amp] + ([a for a in main.AMP_DTYPES if a != args.amp] if args.compare_amp else [])
     items = args.synthetic_items or [None]
+    compiled = [args.compile] + ([not args.compile] if args.compare_compile else [])
     grid = []
-    for n, s, a, impl in product(items, sparse, amp, attention):
+    for n, s, a, impl, c in product(items, sparse, amp, attention, compiled):
         label = " ".join(filter(None, [f"items={n}" if n else "", "sparse" if s else "dense",
-                                       PRECISION_NAMES[a], f"attn={impl}"]))
+                                       PRECISION_NAMES[a], f"attn={impl}",
+                                       "compiled" if c else ""]))
         grid.append((label, argparse.Namespace(**{**vars(args), "sparse_embeddings": s,
-                                                  "amp": a, "attention_impl": impl}), n))
+                                                  "amp": a, "attention_impl": impl,
+                                                  "compile": c}), n))
     return grid
 
 
@@ -469,6 +477,10 @@ def ratios(summaries: list[dict]) -> dict[str, float]:
                 if other in by_words:
                     rest = " ".join(w for w in words if w != fast)
                     out[f"speedup {fast} vs {slow} ({rest})"] = by_words[other] / ms
+    for words, ms in by_words.items():  # compiled against the same configuration in eager
+        eager = tuple(w for w in words if w != "compiled")
+        if eager != words and eager in by_words:
+            out[f"speedup compiled vs eager ({' '.join(eager)})"] = by_words[eager] / ms
     sizes = [w for w in summaries[0]["label"].split() if w.startswith("items=")]
     for words, ms in by_words.items():  # catalogue scaling: each size against the first
         if sizes and words[0] != sizes[0]:

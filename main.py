@@ -132,6 +132,9 @@ def _training_flags(g) -> None:
     g.add_argument("--input_workers", type=int, default=1,
                    help="background threads that build batches (windows, negatives) ahead of the "
                         "model, in the same order; 0: built inline between steps")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile (inductor) the model's forward and backward; off by default: "
+                        "on CPU its minutes of compilation were not won back (docs/speed.md)")
     g.add_argument("--log_every", type=int, default=20, help="steps between Loss/train points")
     g.add_argument("--state_dict_path", default=None,
                    help="checkpoint folder or model.pt: resume training, or serve --inference_only")
@@ -270,6 +273,14 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
                      attention_impl=args.attention_impl,
                      sparse_embeddings=args.sparse_embeddings, feature_fusion=args.feature_fusion,
                      init=args.init, positions=args.positions)
+
+
+def compile_model(model: BaseModel, backend: str = "inductor") -> BaseModel:
+    """Compiles the model's __call__ in place (nn.Module.compile): parameters, state_dict keys
+    and checkpoints stay those of the eager model. The shapes vary only with the last, partial
+    batch of an epoch: one recompilation, then both shapes are cached."""
+    model.compile(backend=backend)
+    return model
 
 
 # --------------------------------------------------------------------------- one step
@@ -515,6 +526,8 @@ def main(argv=None) -> dict:
     model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
                         data.usernum).to(device)
     optimizer = build_optimizer(model, args.lr, args.adam_betas)
+    if args.compile:
+        compile_model(model)
     state = RunState()
     restore(args, model, optimizer, sampler, state)
     model = dist.wrap(model, device)
