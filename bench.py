@@ -24,7 +24,9 @@ the peak is the median of one square matmul (2048 on CPU, 8192 on CUDA) timed af
 of steps, so it sees the same load as the steps. MFU ceiling = the same FLOPs / the time the
 step's matrix products alone take (torch.profiler over a few extra steps) / the peak: the MFU the
 step would reach if everything else in it (softmax, masks, dropout, LayerNorm, gathers, the
-optimizer) took no time, i.e. what small-matrix efficiency alone allows. With several configurations (--compare_*, several --synthetic_items) each has its
+optimizer) took no time, i.e. what small-matrix efficiency alone allows. "model/mm" is the
+forward + backward + optimizer time over the matrix-product time of the same profiled steps
+(model_to_matmul: 1.0 would be a step that is all matrix products). With several configurations (--compare_*, several --synthetic_items) each has its
 own model and they take turns step by step (A B A B ...), so a load change on a shared machine
 hits all of them alike and their ratios stay meaningful. The evaluation (all leave-one-out test
 users, full ranking) is timed once, for the first configuration.
@@ -319,12 +321,13 @@ class Case:
                 "h2d": t2 - t1, "model": t3 - t2, "total": t3 - t0, "seqs": b,
                 "targets": int((batch["pos"] != 0).sum()), "flops": step_flops(self.model, b, n)}
 
-    def summary(self, peak_gflops: float, matmul_s: float) -> dict:
+    def summary(self, peak_gflops: float, matmul: tuple[float, float]) -> dict:
         """Medians over the recorded steps; a rate is median(work per step) / median(step time),
         so it agrees with the step time shown next to it (an epoch's last, partial batch does
         not move either median)."""
         r = {k: np.array([s[k] for s in self.records], dtype=np.float64) for k in self.records[0]}
         med = lambda x: float(np.median(x))  # noqa: E731
+        matmul_s, step_to_matmul = matmul
         outside = r["assembly"] + r["sampling"] + r["h2d"]
         achieved = med(r["flops"]) / med(r["total"]) / 1e9
         return {
@@ -341,6 +344,7 @@ class Case:
             "mfu": achieved / peak_gflops,
             "matmul_ms_per_step": 1e3 * matmul_s,
             "mfu_ceiling": med(r["flops"]) / matmul_s / 1e9 / peak_gflops,
+            "model_to_matmul": step_to_matmul,
             "loss_first": self.losses[0], "loss_last": self.losses[-1],
             "loss_finite": bool(np.isfinite(self.losses).all()),
         }
@@ -394,18 +398,21 @@ MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
                         "aten::_addmm_activation"})
 
 
-def matmul_seconds(case: Case, steps: int = 3) -> float:
-    """Median over `steps` profiled (unrecorded) steps of the time spent in matrix products."""
+def matmul_seconds(case: Case, steps: int = 3) -> tuple[float, float]:
+    """Medians over `steps` profiled (unrecorded) steps of the time spent in matrix products
+    and of the ratio of the step's own time to it: measured in the same steps, that ratio holds
+    on a machine whose load changes between the timed steps and these."""
     cuda = case.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    per_step = []
+    per_step, ratio = [], []
     for _ in range(steps):
         with profile(activities=activities) as prof:
-            case.step()
+            record = case.step()
         micros = sum(e.self_device_time_total if cuda else e.self_cpu_time_total
                      for e in prof.key_averages() if e.key in MATMUL_OPS)
         per_step.append(micros / 1e6)
-    return float(np.median(per_step))
+        ratio.append(record["model"] / per_step[-1])
+    return float(np.median(per_step)), float(np.median(ratio))
 
 
 def run_cases(cases: list[Case], warmup: int, steps: int, meters=()) -> None:
@@ -497,6 +504,7 @@ def report(summaries: list[dict], extra: dict) -> str:
             ("targets/s", "target_tokens_per_s", "{:,.0f}"),
             ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
             ("matmul ms", "matmul_ms_per_step", "{:.1f}"), ("MFU ceil", "mfu_ceiling", "{:.1%}"),
+            ("model/mm", "model_to_matmul", "{:.2f}"),
             ("outside", "outside_model_share", "{:.1%}"),
             ("in wait", "input_wait_share", "{:.1%}")]
     width = max(len(s["label"]) for s in summaries) + 2

@@ -381,6 +381,7 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
     # step's (at this toy size they are a small part of it), so the ceiling is above the MFU
     assert 0 < result["matmul_ms_per_step"] < result["step_ms_median"]
     assert result["mfu"] < result["mfu_ceiling"]
+    assert all(c["model_to_matmul"] > 1 for c in result["cases"])
     assert result["config"]["maxlen"] == 10 and result["config"]["num_heads"] == 1  # paper default
     assert len(result["cases"]) == len(ATTENTION_IMPLS) and out.is_file()
     assert any(k.startswith("speedup attn=fast vs attn=sdpa") for k in result["ratios"])
