@@ -130,8 +130,9 @@ def _training_flags(g) -> None:
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model; losses and metrics stay fp32")
     g.add_argument("--input_workers", type=int, default=1,
-                   help="background threads that build batches (windows, negatives) ahead of the "
-                        "model, in the same order; 0: built inline between steps")
+                   help="0: batches (windows, negatives) built inline between steps; 1: built "
+                        "ahead of the model by a background thread, same batches in the same order; "
+                        "more: extra threads pin the batches for CUDA copies")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile (inductor) the model's forward and backward; off by default: "
                         "on CPU its minutes of compilation were not won back (docs/speed.md)")
