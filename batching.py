@@ -170,9 +170,11 @@ class TrainBatches:
         per_rank = -(-len(self.ranges) // self.world_size)
         return -(-per_rank // self.batch_size)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, start: int = 0):
+        """The batches of `epoch`, from batch number `start` on (a mid-epoch resume; the
+        sampler must then hold its state as of that batch)."""
         rows = self._rows(epoch)
-        for b in range(0, len(rows), self.batch_size):
+        for b in range(start * self.batch_size, len(rows), self.batch_size):
             yield self.make_batch(self.ranges.take(rows[b:b + self.batch_size]))
 
     def make_batch(self, ranges: Ranges) -> dict[str, np.ndarray]:

@@ -14,14 +14,20 @@ in memory, see `synthetic_dataset`). Configuration: main.py's flags, with the SA
 values as defaults (PAPER_ML1M) and the leave-one-out protocol.
 
 Every step is timed in parts: batch assembly (windows, histories), negative sampling and the
-host-to-device copy ("outside the model"), then forward + backward + optimizer step. Numbers are
+host-to-device copy ("outside the model"), then forward + backward + optimizer step. With
+--input_workers N (main.py's flag, default 1) the batches are built ahead in background threads
+(input_pipeline.py) and the step only waits for them: "in wait" is that share of the step.
+input_seq_per_s is the input pipeline alone (model skipped), with 0 and N workers;
+--input_only measures just that (e.g. at the competition's --maxlen 101 --batch_size 2048). Numbers are
 medians over the timed steps after --warmup steps. MFU = step_flops (the model's matrix-product
 FLOPs, forward + backward) / median step time / the machine's matmul peak in the step's precision;
 the peak is the median of one square matmul (2048 on CPU, 8192 on CUDA) timed after every round
 of steps, so it sees the same load as the steps. MFU ceiling = the same FLOPs / the time the
 step's matrix products alone take (torch.profiler over a few extra steps) / the peak: the MFU the
 step would reach if everything else in it (softmax, masks, dropout, LayerNorm, gathers, the
-optimizer) took no time, i.e. what small-matrix efficiency alone allows. With several configurations (--compare_*, several --synthetic_items) each has its
+optimizer) took no time, i.e. what small-matrix efficiency alone allows. "model/mm" is the
+forward + backward + optimizer time over the matrix-product time of the same profiled steps
+(model_to_matmul: 1.0 would be a step that is all matrix products). With several configurations (--compare_*, several --synthetic_items) each has its
 own model and they take turns step by step (A B A B ...), so a load change on a shared machine
 hits all of them alike and their ratios stay meaningful. The evaluation (all leave-one-out test
 users, full ranking) is timed once, for the first configuration.
@@ -47,6 +53,7 @@ from cli_types import int_at_least, non_negative_int, positive_int
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
 from evaluate import evaluate
+from input_pipeline import prefetch
 from model import ATTENTION_IMPLS, BaseModel, score_blocks
 from similarity import DotSimilarity
 
@@ -88,10 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--num_negatives), e.g. sampled_softmax:1024 full_softmax gbce:256; "
                         "--negatives and the other objective flags are shared (in_batch by "
                         "sampled_softmax cases only)")
+    g.add_argument("--compare_compile", action="store_true",
+                   help="also measure the other --compile setting in the same run (the compile "
+                        "itself happens in the warmup steps; give enough --warmup)")
     g.add_argument("--compare_amp", action="store_true",
                    help="also measure the other --amp setting in the same run")
     g.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op threads (default: torch's); 1 is steadier on a busy box")
+    g.add_argument("--input_batches", type=positive_int, default=20,
+                   help="batches timed for input_seq_per_s (the input pipeline alone, model "
+                        "skipped), with 0 and with --input_workers workers")
+    g.add_argument("--input_only", action="store_true",
+                   help="measure only the input pipeline (e.g. at the competition's batch 2048)")
     g.add_argument("--peak_size", type=positive_int, default=None,
                    help="side of the square matmul that measures the peak "
                         f"(default {PEAK_SIZE} on CPU, {PEAK_SIZE_CUDA} on CUDA)")
@@ -309,6 +324,8 @@ class Case:
         self.model = main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
                                       data.itemnum, data.usernum).to(device)
         self.optimizer = main.build_optimizer(self.model, args.lr, args.adam_betas)
+        if args.compile:
+            main.compile_model(self.model)
         self.batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size,
                                     self.sampler, seed=args.seed)
         self.records: list[dict] = []
@@ -321,7 +338,8 @@ class Case:
             epoch += 1
             self.sampler.set_epoch(epoch)
             torch.manual_seed(self.args.seed * 100_003 + epoch)
-            yield from self.batches.epoch(epoch)
+            yield from prefetch(self.batches.epoch(epoch), self.args.input_workers,
+                                pin=self.device.type == "cuda")
 
     def step(self) -> dict:
         self.model.train()
@@ -341,7 +359,9 @@ class Case:
         self.losses.append(float(loss.detach()))  # after the timer: .item() syncs a GPU
         b, n = batch["seq"].shape
         targets = int((batch["pos"] != 0).sum())
-        return {"assembly": t1 - t0 - self.sampler.seconds, "sampling": self.sampler.seconds,
+        # with input workers the sampler runs in their thread, ahead: the loop only waits
+        sampling = self.sampler.seconds if self.args.input_workers == 0 else 0.0
+        return {"assembly": t1 - t0 - sampling, "sampling": sampling, "input_wait": t1 - t0,
                 "h2d": t2 - t1, "model": t3 - t2, "total": t3 - t0, "seqs": b,
                 "targets": targets, "device_peak_mb": self._device_peak_mb(),
                 "flops": step_flops(self.model, b, n) + candidate_flops(self, batch)}
@@ -355,12 +375,13 @@ class Case:
         torch.cuda.reset_peak_memory_stats(self.device)
         return peak
 
-    def summary(self, peak_gflops: float, matmul_s: float) -> dict:
+    def summary(self, peak_gflops: float, matmul: tuple[float, float]) -> dict:
         """Medians over the recorded steps; a rate is median(work per step) / median(step time),
         so it agrees with the step time shown next to it (an epoch's last, partial batch does
         not move either median)."""
         r = {k: np.array([s[k] for s in self.records], dtype=np.float64) for k in self.records[0]}
         med = lambda x: float(np.median(x))  # noqa: E731
+        matmul_s, step_to_matmul = matmul
         outside = r["assembly"] + r["sampling"] + r["h2d"]
         achieved = med(r["flops"]) / med(r["total"]) / 1e9
         return {
@@ -369,6 +390,7 @@ class Case:
             "assembly_ms_median": 1e3 * med(r["assembly"]),
             "sampling_ms_median": 1e3 * med(r["sampling"]), "h2d_ms_median": 1e3 * med(r["h2d"]),
             "outside_model_share": med(outside / r["total"]),
+            "input_wait_share": med(r["input_wait"] / r["total"]),
             "train_seq_per_s": med(r["seqs"]) / med(r["total"]),
             "target_tokens_per_s": med(r["targets"]) / med(r["total"]),
             "model_gflops_per_step": med(r["flops"]) / 1e9,
@@ -378,6 +400,7 @@ class Case:
             "mfu_ceiling": med(r["flops"]) / matmul_s / 1e9 / peak_gflops,
             "device_peak_mb": (float(np.max(r["device_peak_mb"])) if self.device.type == "cuda"
                                else None),
+            "model_to_matmul": step_to_matmul,
             "loss_first": self.losses[0], "loss_last": self.losses[-1],
             "loss_finite": bool(np.isfinite(self.losses).all()),
         }
@@ -409,23 +432,54 @@ def candidate_flops(case: Case, batch: dict) -> int:
     return 3 * 2 * n * m * case.model.hidden
 
 
+def input_throughput(args, data: Dataset, split, workers: int, batches: int,
+                     pin: bool = False) -> float:
+    """Sequences per second that the input pipeline alone delivers (windows, histories,
+    negatives; pinned on CUDA) through `workers` background workers: `batches` batches of a
+    fresh epoch 1, timed after the first (thread start, first-touch of the data)."""
+    sampler = main.make_sampler(args, data, split, seed=args.seed + 1)
+    source = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler,
+                          seed=args.seed)
+    stream = prefetch(_repeat_epochs(source), workers, pin=pin)
+    iterator = iter(stream)
+    next(iterator)
+    start, seqs = time.perf_counter(), 0
+    for _ in range(batches):
+        seqs += len(next(iterator)["seq"])
+    seconds = time.perf_counter() - start
+    if hasattr(stream, "close"):
+        stream.close()
+    return seqs / seconds
+
+
+def _repeat_epochs(batches: TrainBatches):
+    epoch = 0
+    while True:
+        epoch += 1
+        batches.sampler.set_epoch(epoch)
+        yield from batches.epoch(epoch)
+
+
 # the kernels that do a step's matrix products (linear layers, bmm of the attention)
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
                         "aten::_addmm_activation"})
 
 
-def matmul_seconds(case: Case, steps: int = 3) -> float:
-    """Median over `steps` profiled (unrecorded) steps of the time spent in matrix products."""
+def matmul_seconds(case: Case, steps: int = 3) -> tuple[float, float]:
+    """Medians over `steps` profiled (unrecorded) steps of the time spent in matrix products
+    and of the ratio of the step's own time to it: measured in the same steps, that ratio holds
+    on a machine whose load changes between the timed steps and these."""
     cuda = case.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    per_step = []
+    per_step, ratio = [], []
     for _ in range(steps):
         with profile(activities=activities) as prof:
-            case.step()
+            record = case.step()
         micros = sum(e.self_device_time_total if cuda else e.self_cpu_time_total
                      for e in prof.key_averages() if e.key in MATMUL_OPS)
         per_step.append(micros / 1e6)
-    return float(np.median(per_step))
+        ratio.append(record["model"] / per_step[-1])
+    return float(np.median(per_step)), float(np.median(ratio))
 
 
 def run_cases(cases: list[Case], warmup: int, steps: int, meters=()) -> None:
@@ -454,14 +508,16 @@ def case_grid(args) -> list[tuple[str, argparse.Namespace, int | None]]:
     amp = [args.amp] + ([a for a in main.AMP_DTYPES if a != args.amp] if args.compare_amp else [])
     items = args.synthetic_items or [None]
     losses = args.loss_cases
+    compiled = [args.compile] + ([not args.compile] if args.compare_compile else [])
     grid = []
-    for n, s, a, impl, (word, loss) in product(items, sparse, amp, attention, losses):
+    for n, s, a, impl, c, (word, loss) in product(items, sparse, amp, attention, compiled, losses):
         show_loss = len(losses) > 1 or args.loss != "bce"
         label = " ".join(filter(None, [f"items={n}" if n else "", "sparse" if s else "dense",
                                        PRECISION_NAMES[a], f"attn={impl}",
-                                       word if show_loss else ""]))
+                                       "compiled" if c else "", word if show_loss else ""]))
         grid.append((label, argparse.Namespace(**{**vars(args), "sparse_embeddings": s,
-                                                  "amp": a, "attention_impl": impl, **loss}), n))
+                                                  "amp": a, "attention_impl": impl,
+                                                  "compile": c, **loss}), n))
     return grid
 
 
@@ -489,6 +545,7 @@ def ratios(summaries: list[dict]) -> dict[str, float]:
            for s in summaries[1:]}
     by_words = {tuple(s["label"].split()): s["step_ms_median"] for s in summaries}
     for slow, fast in (("attn=sdpa", "attn=fast"), ("attn=fast_full", "attn=fast"),
+                       ("attn=autograd", "attn=fast"),
                        ("fp32", "bf16"), ("dense", "sparse")):
         for words, ms in by_words.items():
             if fast in words:
@@ -496,6 +553,10 @@ def ratios(summaries: list[dict]) -> dict[str, float]:
                 if other in by_words:
                     rest = " ".join(w for w in words if w != fast)
                     out[f"speedup {fast} vs {slow} ({rest})"] = by_words[other] / ms
+    for words, ms in by_words.items():  # compiled against the same configuration in eager
+        eager = tuple(w for w in words if w != "compiled")
+        if eager != words and eager in by_words:
+            out[f"speedup compiled vs eager ({' '.join(eager)})"] = by_words[eager] / ms
     sizes = [w for w in summaries[0]["label"].split() if w.startswith("items=")]
     for words, ms in by_words.items():  # catalogue scaling: each size against the first
         if sizes and words[0] != sizes[0]:
@@ -512,7 +573,9 @@ def report(summaries: list[dict], extra: dict) -> str:
             ("targets/s", "target_tokens_per_s", "{:,.0f}"),
             ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
             ("matmul ms", "matmul_ms_per_step", "{:.1f}"), ("MFU ceil", "mfu_ceiling", "{:.1%}"),
-            ("outside", "outside_model_share", "{:.1%}")]
+            ("model/mm", "model_to_matmul", "{:.2f}"),
+            ("outside", "outside_model_share", "{:.1%}"),
+            ("in wait", "input_wait_share", "{:.1%}")]
     width = max(len(s["label"]) for s in summaries) + 2
     lines = [f"{'configuration':<{width}}" + "".join(f"{c:>12}" for c, _, _ in cols)]
     for s in summaries:
@@ -520,6 +583,17 @@ def report(summaries: list[dict], extra: dict) -> str:
                                                         for _, k, fmt in cols))
     lines += [f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in extra.items()]
     return "\n".join(lines)
+
+
+def report_inputs(args, inputs: dict[int, float]) -> dict:
+    """--input_only: print and return the input pipeline's throughput by worker count."""
+    print(f"input_seq_per_s (model skipped, batch {args.batch_size}, maxlen {args.maxlen}): "
+          + ", ".join(f"{v:,.0f} with {w} workers" for w, v in inputs.items()))
+    result = {"input_seq_per_s": inputs[args.input_workers],
+              "input_seq_per_s_by_workers": inputs, "config": vars(args)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return result
 
 
 def bench(argv=None) -> dict | None:
@@ -533,6 +607,11 @@ def bench(argv=None) -> dict | None:
     if datasets is None:
         print(f"skipped: no --data_dir and {ML1M_SRC} is absent (ML-1M is read from ../shared)")
         return None
+    inputs = {w: input_throughput(args, *next(iter(datasets.values())), w, args.input_batches,
+                                  pin=device.type == "cuda")
+              for w in sorted({0, args.input_workers})}
+    if args.input_only:
+        return report_inputs(args, inputs)
     grid = case_grid(args)
     args.peak_size = args.peak_size or peak_size(device)
     meters = {a.amp: PeakMeter(device, main.AMP_DTYPES[a.amp] or torch.float32, args.peak_size)
@@ -546,6 +625,8 @@ def bench(argv=None) -> dict | None:
     result = {**summaries[0], **evaluation,
               "peak_gflops_by_precision": {PRECISION_NAMES[a]: m.gflops for a, m in meters.items()},
               "peak_rss_mb": peak_rss_mb,
+              "input_seq_per_s": inputs[args.input_workers],
+              "input_seq_per_s_by_workers": inputs,
               "cases": summaries, "ratios": ratios(summaries),
               "data": {"users": first.data.seqs.num_lines, "items": first.data.itemnum,
                        "tokens": int(len(first.data.seqs.tok_id)),
@@ -558,6 +639,9 @@ def bench(argv=None) -> dict | None:
              "between the steps)": f"{value:.1f}"
              for name, value in result["peak_gflops_by_precision"].items()}
     extra.update(result["ratios"])
+    for w, v in inputs.items():
+        extra[f"input_seq_per_s with {w} workers (model skipped)"] = f"{v:,.0f}"
+    extra["input_seq_per_s / train_seq_per_s"] = inputs[args.input_workers] / summaries[0]["train_seq_per_s"]
     if evaluation:
         extra["eval_seconds"] = evaluation["eval_seconds"]
         extra["eval users / NDCG@10"] = (f"{evaluation['eval_users']} / "

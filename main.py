@@ -37,6 +37,7 @@ from cli_types import (device_name, finite_float, int_at_least, non_negative_flo
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
 from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
 from evaluate import evaluate
+from input_pipeline import prefetch
 from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
                    ModelConfigError)
 from optim import BETAS, build_optimizer
@@ -125,7 +126,8 @@ def _model_flags(g) -> None:
     g.add_argument("--attention_impl", choices=ATTENTION_IMPLS, default="fast",
                    help="sdpa: torch's scaled_dot_product_attention; fast: the same function on CPU with a "
                         "cheaper dropout mask, skipping the causal top-right quarter of the scores; "
-                        "fast_full: fast without that skip (for benchmarks); GPUs always use sdpa")
+                        "fast_full: fast without that skip; autograd: fast differentiated op by op, "
+                        "without its hand-written backward (both for benchmarks); GPUs always use sdpa")
     g.add_argument("--use_adaptive_similarity", action="store_true",
                    help="score with a learned mix of similarities instead of the dot product")
     g.add_argument("--similarity_types", nargs="+", choices=SIMILARITY_TYPES,
@@ -150,6 +152,13 @@ def _training_flags(g) -> None:
                         "step cost no longer grows with the catalogue")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model; losses and metrics stay fp32")
+    g.add_argument("--input_workers", type=non_negative_int, default=1,
+                   help="0: batches (windows, negatives) built inline between steps; 1: built "
+                        "ahead of the model by a background thread, same batches in the same order; "
+                        "more: extra threads pin the batches for CUDA copies")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile (inductor) the model's forward and backward; off by default: "
+                        "on CPU its minutes of compilation were not won back (docs/speed.md)")
     g.add_argument("--log_every", type=positive_int, default=20, help="steps between Loss/train points")
     g.add_argument("--state_dict_path", default=None,
                    help="checkpoint folder or model.pt: resume training, or serve --inference_only")
@@ -202,6 +211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sparse_embeddings and args.l2_emb:
         parser.error("--l2_emb adds the norm of the whole item table (a dense gradient): "
                      "it cannot be combined with --sparse_embeddings")
+    if args.input_workers < 0:
+        parser.error(f"--input_workers must be >= 0 (0: batches built inline), got {args.input_workers}")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
     error = objective.check_args(args)
@@ -335,15 +346,23 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
                      init=args.init, positions=args.positions)
 
 
+def compile_model(model: BaseModel, backend: str = "inductor") -> BaseModel:
+    """Compiles the model's __call__ in place (nn.Module.compile): parameters, state_dict keys
+    and checkpoints stay those of the eager model. The shapes vary only with the last, partial
+    batch of an epoch: one recompilation, then both shapes are cached."""
+    model.compile(backend=backend)
+    return model
+
+
 # --------------------------------------------------------------------------- one step
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """Pinned host memory + non_blocking copies, so the copy overlaps the GPU's work."""
     out = {}
     for k, v in batch.items():
-        t = torch.from_numpy(v)
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(v)  # pinned by a worker
         if device.type == "cuda":
-            t = t.pin_memory().to(device, non_blocking=True)
+            t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
         out[k] = t
     return out
 
@@ -449,7 +468,8 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     window, window_steps = torch.zeros((), device=device), 0
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     step_on_device = torch.full((), state.global_step, dtype=torch.long, device=device)
-    bar = tqdm(batches.epoch(state.epoch), total=len(batches), desc=f"epoch {state.epoch}",
+    stream = prefetch(batches.epoch(state.epoch), args.input_workers, pin=device.type == "cuda")
+    bar = tqdm(stream, total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
     for i, batch in enumerate(bar):
         loss = compute_loss(model, to_device(batch, device), args, amp_dtype)
@@ -597,6 +617,8 @@ def run_training(args) -> dict:
     model = build_model(args, data.schema.to_dict(), feature_tensors(data), data.itemnum,
                         data.usernum).to(device)
     optimizer = build_optimizer(model, args.lr, args.adam_betas)
+    if args.compile:
+        compile_model(model)
     check_eval_sampled(args, data)
     if dist.is_main() and not args.inference_only:
         ckpt.prepare_dir(args.ckpt_dir, checkpoint_bytes(model))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from similarity import DotSimilarity
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
-ATTENTION_IMPLS = ("sdpa", "fast", "fast_full")
+ATTENTION_IMPLS = ("sdpa", "fast", "fast_full", "autograd")
 FEATURE_FUSIONS = ("dnn", "sum")
 INITS = ("xavier", "normal")
 POSITION_MODES = ("slot", "from_start")
@@ -72,35 +72,104 @@ class Dropout(nn.Module):
 def score_blocks(nq: int, nk: int, impl: str, causal: bool) -> list[tuple[int, int, int]]:
     """(first query, end query, keys) blocks that the fast path computes of an (nq, nk) score
     matrix. With a causal mask, query rows [0, L/2) need keys [0, L/2) only, so "fast" skips the
-    top-right quarter, where every weight is 0; "fast_full" (and a non-causal mask) computes it
-    all. bench.step_flops counts FLOPs from the same blocks."""
-    if causal and impl == "fast" and nq == nk and nq >= 2:
+    top-right quarter, where every weight is 0 ("autograd" too); "fast_full" (and a non-causal
+    mask) computes it all. bench.step_flops counts FLOPs from the same blocks."""
+    if causal and impl in ("fast", "autograd") and nq == nk and nq >= 2:
         half = nq // 2
         return [(0, half, half), (half, nq, nq)]
     return [(0, nq, nk)]
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
-              impl: str = "sdpa", causal: bool = False) -> Tensor:
-    """q, k, v (B, H, L, d); mask (B, 1, L, L) bool, True = may attend -> (B, H, L, d).
+def attention_bias(mask: Tensor, blocks: list[tuple[int, int, int]], dtype: torch.dtype
+                   ) -> list[Tensor]:
+    """mask (B, 1, nq, nk) bool -> one contiguous additive bias (B, 1, end - start, keys) per
+    score block: 0 where a query may attend, -inf elsewhere. Built in the dtype the scores have
+    (so autocast does not convert it per call) and, through `cache`, once per batch."""
+    zero, minus_inf = torch.zeros((), dtype=dtype), torch.full((), -math.inf, dtype=dtype)
+    return [torch.where(mask[:, :, start:end, :keys], zero.to(mask.device),
+                        minus_inf.to(mask.device)).contiguous()
+            for start, end, keys in blocks]
 
-    "sdpa" is torch's scaled_dot_product_attention, as the baseline (and on GPUs always: its
-    fused kernels are the fast path there). "fast" computes the same function on CPU with the
-    same dropout semantics (on the attention weights, kept weights scaled by 1 / (1 - p)):
-    scale and mask fused into one baddbmm, the cheap dropout mask, and the 1 / (1 - p) applied
-    to the (L, d) output instead of the (L, L) weights. `causal` promises that the mask hides
-    every key after its query, so "fast" may skip scores (see `score_blocks`); "fast_full"
-    computes them anyway (kept to measure what the skip is worth).
+
+class SplitAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) with dropout, times v, over the score blocks of
+    `score_blocks`, with a hand-written backward.
+
+    Autograd of the plain code would, per block, keep the scores and softmax outputs, build
+    full-size zero gradients for every slice of q, k, v and the concatenation, and run
+    softmax's backward out of place. Here the forward softmax runs in place, dropout keeps two
+    (N, m, keys) tensors (the weights w and the dropped weights w * keep) instead of a mask and
+    a product, and the backward writes dS = w * keep * dW' - w * r in two in-place passes, with
+    r = rowsum(dY * Y) taken from the (N, L, d) output (the softmax identity FlashAttention
+    uses) instead of an (N, m, keys) product; dk, dv add their blocks' rows in place.
     """
-    if impl == "sdpa" or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, blocks: list[tuple[int, int, int]],
+                biases: list[Tensor], dropout_p: float) -> Tensor:
+        """q (N, nq, d), k, v (N, nk, d), biases [(N, m, keys)] -> (N, nq, d)."""
+        scale = q.shape[-1] ** -0.5
+        out = q.new_empty(q.shape)
+        saved = []
+        for (start, end, keys), bias in zip(blocks, biases):
+            w = torch.baddbmm(bias, q[:, start:end], k[:, :keys].transpose(1, 2), alpha=scale)
+            torch.ops.aten._softmax.out(w, -1, False, out=w)  # in place: w is ours alone
+            wd = w * fast_keep_mask(w.shape, dropout_p, w.device) if dropout_p > 0.0 else w
+            out[:, start:end] = torch.bmm(wd, v[:, :keys])
+            saved += [w, wd]
+        if dropout_p > 0.0:
+            out.mul_(1.0 / (1.0 - dropout_p))  # on (L, d), not on the (L, L) weights
+        ctx.blocks, ctx.dropout_p, ctx.scale = blocks, dropout_p, scale
+        ctx.save_for_backward(q, k, v, out, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, out, *saved = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        # r_i = sum_j dW_ij w_ij = dY_i . Y_i: an (N, nq, 1) vector, no (nq, nk) product
+        r = (grad_out * out).sum(-1, keepdim=True)
+        if ctx.dropout_p > 0.0:
+            grad_out = grad_out * (1.0 / (1.0 - ctx.dropout_p))
+        dq, dk, dv = [], None, None
+        for i, (start, end, keys) in enumerate(ctx.blocks):
+            w, wd = saved[2 * i], saved[2 * i + 1]
+            g = grad_out[:, start:end]
+            dv = _add_leading_rows(dv, torch.bmm(wd.transpose(1, 2), g))
+            ds = torch.bmm(g, v[:, :keys].transpose(1, 2))  # dW' = dY v^T, before the mask
+            ds.mul_(wd).addcmul_(w, r[:, start:end], value=-1.0)  # w * (keep * dW' - r)
+            dq.append(torch.bmm(ds, k[:, :keys]).mul_(ctx.scale))
+            dk = _add_leading_rows(dk, torch.bmm(ds.transpose(1, 2), q[:, start:end])
+                                   .mul_(ctx.scale))
+        dq = dq[0] if len(dq) == 1 else torch.cat(dq, 1)
+        dk, dv = (F.pad(t, (0, 0, 0, k.shape[1] - t.shape[1])) for t in (dk, dv))
+        return dq, dk, dv, None, None, None
+
+
+def _add_leading_rows(acc: Tensor | None, part: Tensor) -> Tensor:
+    """(N, a, d) and (N, b, d) -> the longer, with the shorter added into its first rows.
+    Fresh bmm outputs accumulated this way stay contiguous: a bmm written into a strided view
+    of a larger gradient runs as one small matmul per batch entry, many times slower."""
+    if acc is None:
+        return part
+    if acc.shape[1] < part.shape[1]:
+        acc, part = part, acc
+    acc[:, :part.shape[1]] += part
+    return acc
+
+
+def autograd_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
+                       causal: bool) -> Tensor:
+    """"fast"'s function op by op under autograd, the bias built per call (the implementation
+    before `SplitAttention`): kept as --attention_impl autograd to measure the hand-written
+    backward against. q, k, v (B, H, L, d), mask (B, 1, L, L) bool -> (B, H, L, d)."""
     b, h, nq, d = q.shape
     nk = k.shape[2]
     q, k, v = (t.reshape(b * h, t.shape[2], d) for t in (q, k, v))
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
     bias = bias.expand(b, h, nq, nk).reshape(b * h, nq, nk)  # a view when h == 1
     outs = []
-    for start, end, keys in score_blocks(nq, nk, impl, causal):
+    for start, end, keys in score_blocks(nq, nk, "autograd", causal):
         scores = torch.baddbmm(bias[:, start:end, :keys], q[:, start:end],
                                k[:, :keys].transpose(1, 2), alpha=d ** -0.5)
         weights = scores.softmax(-1)
@@ -110,6 +179,41 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     if dropout_p > 0.0:
         out = out * (1.0 / (1.0 - dropout_p))
+    return out.view(b, h, nq, d)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
+              impl: str = "sdpa", causal: bool = False, cache: dict | None = None) -> Tensor:
+    """q, k, v (B, H, L, d); mask (B, 1, L, L) bool, True = may attend -> (B, H, L, d).
+
+    "sdpa" is torch's scaled_dot_product_attention, as the baseline (and on GPUs always: its
+    fused kernels are the fast path there). "fast" computes the same function on CPU with the
+    same dropout semantics (on the attention weights, kept weights scaled by 1 / (1 - p)) in
+    `SplitAttention`: the cheap dropout mask, the 1 / (1 - p) applied to the (L, d) output
+    instead of the (L, L) weights, a backward without full-size temporaries. `causal` promises
+    that the mask hides every key after its query, so "fast" may skip scores (see
+    `score_blocks`); "fast_full" computes them anyway (kept to measure what the skip is worth).
+    `cache` (a dict per batch) keeps the additive biases, so the blocks of a model share them.
+    """
+    if impl == "sdpa" or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    if impl == "autograd":
+        return autograd_attention(q, k, v, mask, dropout_p, causal)
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    blocks = score_blocks(nq, nk, impl, causal)
+    key = (tuple(blocks), q.dtype, mask.shape)
+    biases = cache.get(key) if cache is not None else None
+    if biases is None:
+        biases = attention_bias(mask, blocks, q.dtype)
+        if cache is not None:
+            cache[key] = biases
+    # (B, 1, m, keys) -> (B H, m, keys): a view when h == 1, a copy per call otherwise
+    biases = [bias.expand(b, h, *bias.shape[2:]).reshape(b * h, *bias.shape[2:])
+              for bias in biases]
+    q, k, v = (t.reshape(b * h, t.shape[2], d) for t in (q, k, v))
+    with torch.autocast("cpu", enabled=False):  # every tensor is already in the scores' dtype
+        out = SplitAttention.apply(q, k, v, blocks, biases, dropout_p)
     return out.view(b, h, nq, d)
 
 
@@ -124,17 +228,30 @@ class MultiHeadAttention(nn.Module):
         self.v_linear = nn.Linear(hidden, hidden)
         self.out_linear = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False,
+                cache: dict | None = None) -> Tensor:
         """x (B, L, D), mask (B, 1, L, L) -> (B, L, D); with last_only, only the newest slot's
-        output (B, 1, D): its query attends to every key, the other queries are not computed."""
+        output (B, 1, D): its query attends to every key, the other queries are not computed.
+        `cache`: see `attention` (one dict per batch, shared by the blocks)."""
         b, n, d = x.shape
         split = lambda t: t.view(b, t.shape[1], self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
         queries = x[:, -1:] if last_only else x
-        out = attention(split(self.q_linear(queries)), split(self.k_linear(x)),
-                        split(self.v_linear(x)), mask[:, :, -1:] if last_only else mask,
+        if last_only:
+            q, k, v = self.q_linear(queries), self.k_linear(x), self.v_linear(x)
+        else:
+            q, k, v = self._qkv(x).split(d, dim=-1)
+        out = attention(split(q), split(k), split(v), mask[:, :, -1:] if last_only else mask,
                         self.dropout_rate if self.training else 0.0, self.impl,
-                        causal=not last_only)
+                        causal=not last_only, cache=cache)
         return self.out_linear(out.transpose(1, 2).reshape(b, queries.shape[1], d))
+
+
+    def _qkv(self, x: Tensor) -> Tensor:
+        """x (B, L, D) -> [q | k | v] (B, L, 3D): the three projections as one matrix product,
+        so x is read (and under autocast converted to bf16) once instead of three times, and
+        the backward runs one input-gradient product instead of three plus their sum."""
+        layers = (self.q_linear, self.k_linear, self.v_linear)
+        return F.linear(x, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
 
 
 class PointWiseFeedForward(nn.Module):
@@ -310,16 +427,17 @@ class BaseModel(nn.Module):
         nonpad = seq != 0
         x = self.emb_dropout(x + self.pos_emb(self._position_ids(nonpad)))
         mask = self._attention_mask(nonpad)
+        cache: dict = {}  # the mask's additive biases, built by the first block, used by all
         blocks = list(zip(self.attention_layernorms, self.attention_layers,
                           self.forward_layernorms, self.forward_layers))
         for i, (attn_ln, attn, ffn_ln, ffn) in enumerate(blocks):
             last = last_only and i == len(blocks) - 1
             residual = x[:, -1:] if last else x
             if self.norm_first:
-                x = residual + attn(attn_ln(x), mask, last)
+                x = residual + attn(attn_ln(x), mask, last, cache)
                 x = x + ffn(ffn_ln(x))
             else:
-                x = attn_ln(residual + attn(x, mask, last))
+                x = attn_ln(residual + attn(x, mask, last, cache))
                 x = ffn_ln(x + ffn(x))
         return self.last_layernorm(x[:, -1:] if last_only else x)
 
@@ -358,10 +476,14 @@ class BaseModel(nn.Module):
             flat = self._item_lookup(torch.cat([lookups.reshape(-1), cand]))
             item_vecs = flat[:lookups.numel()].view(*lookups.shape, -1)
             cand_vecs = flat[lookups.numel():]
-        feats = self.log2feats(seq, token_type, item_part=item_vecs[0])
+        # unbind, not item_vecs[i]: each indexing's backward would zero-fill a full-size
+        # gradient; unbind's stacks the parts once
+        seq_vecs, pos_vecs, *rest = item_vecs.unbind(0)
+        neg_vecs = rest[0] if rest else None
+        feats = self.log2feats(seq, token_type, item_part=seq_vecs)
         if vectors:
-            return feats, item_vecs[1], None if neg is None else item_vecs[2], cand_vecs
-        return self.similarity(feats, item_vecs[1]), self.similarity(feats, item_vecs[2])
+            return feats, pos_vecs, neg_vecs, cand_vecs
+        return self.similarity(feats, pos_vecs), self.similarity(feats, neg_vecs)
 
     def _item_lookup(self, ids: Tensor) -> Tensor:
         """ids (...) -> item parts (..., D). When the catalogue is smaller than the number of

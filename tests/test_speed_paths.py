@@ -25,7 +25,7 @@ import gpu_check
 import main
 from batching import TrainBatches
 from dataset import load_dataset
-from model import BaseModel, attention, dropout, fast_keep_mask
+from model import ATTENTION_IMPLS, BaseModel, attention, dropout, fast_keep_mask
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
 
@@ -373,17 +373,20 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
                           "--peak_size", "256",
                           "--json", str(out)])
     for key in ("train_seq_per_s", "target_tokens_per_s", "mfu", "achieved_gflops", "peak_gflops",
-                "outside_model_share", "eval_seconds", "peak_rss_mb", "step_ms_median", "config"):
+                "outside_model_share", "eval_seconds", "peak_rss_mb", "step_ms_median", "config",
+                "input_seq_per_s", "input_wait_share"):
         assert key in result, key
     assert 0 < result["mfu"] and 0 <= result["outside_model_share"] <= 1
     # the matrix products are part of the step: the profiled time is positive and below the
     # step's (at this toy size they are a small part of it), so the ceiling is above the MFU
     assert 0 < result["matmul_ms_per_step"] < result["step_ms_median"]
     assert result["mfu"] < result["mfu_ceiling"]
+    assert all(c["model_to_matmul"] > 1 for c in result["cases"])
     assert result["config"]["maxlen"] == 10 and result["config"]["num_heads"] == 1  # paper default
-    assert len(result["cases"]) == 3 and out.is_file()
+    assert len(result["cases"]) == len(ATTENTION_IMPLS) and out.is_file()
     assert any(k.startswith("speedup attn=fast vs attn=sdpa") for k in result["ratios"])
     assert any(k.startswith("speedup attn=fast vs attn=fast_full") for k in result["ratios"])
+    assert any(k.startswith("speedup attn=fast vs attn=autograd") for k in result["ratios"])
     synthetic = bench.bench(["--synthetic_items", "500", "3000", "--synthetic_users", "50",
                              "--maxlen", "10", "--hidden_units", "8", "--batch_size", "16",
                              "--steps", "1", "--warmup", "0", "--sparse_embeddings", "--no-eval",
@@ -391,6 +394,11 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
     assert [c["label"] for c in synthetic["cases"]] == ["items=500 sparse fp32 attn=fast",
                                                         "items=3000 sparse fp32 attn=fast"]
     assert "eval_seconds" not in synthetic and synthetic["data"]["items"] == 500
+    assert set(result["input_seq_per_s_by_workers"]) == {0, 1} and result["input_seq_per_s"] > 0
+    inputs = bench.bench(["--synthetic_items", "500", "--synthetic_users", "50", "--maxlen", "10",
+                          "--batch_size", "16", "--input_only", "--input_workers", "2",
+                          "--input_batches", "3", "--device", "cpu"])
+    assert set(inputs["input_seq_per_s_by_workers"]) == {0, 2} and "cases" not in inputs
 
 
 def test_gpu_check_smoke_on_cpu(demo_cache, capsys):
