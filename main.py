@@ -247,7 +247,8 @@ def feature_tensors(data) -> dict[str, torch.Tensor]:
     tables = {name: torch.from_numpy(np.array(getattr(t, name))) for name in
               ("item_sparse", "item_array", "item_continual",
                "user_sparse", "user_array", "user_continual")}
-    tables.update({f"mm_{fid}": torch.from_numpy(np.array(v)) for fid, v in t.mm.items()})
+    # multimodal tables stay numpy (memory-mapped): the model gathers a batch's rows on the host
+    tables.update({f"mm_{fid}": v for fid, v in t.mm.items()})
     return tables
 
 
@@ -278,6 +279,15 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
     return out
 
 
+def model_inputs(model, batch: dict[str, np.ndarray], device: torch.device) -> dict:
+    """to_device, plus the batch's multimodal rows gathered on the host from the numpy ids
+    (pinned, non_blocking on CUDA: no sync); `item_mm` is None without multimodal tables."""
+    out = to_device(batch, device)
+    out["item_mm"] = dist.unwrap(model).host_item_mm(batch["seq"], batch["token_type"],
+                                                     batch["pos"], batch["neg"], device)
+    return out
+
+
 def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
     """The baseline's loss: BCE on positives (label 1) and negatives (label 0) over the slots
     whose next token is an item. Masked means instead of boolean indexing, which would sync the
@@ -294,7 +304,8 @@ def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
 
 def compute_loss(model, batch, args, amp_dtype) -> torch.Tensor:
     with autocast(batch["seq"].device, amp_dtype):
-        pos_logits, neg_logits = model(batch["seq"], batch["token_type"], batch["pos"], batch["neg"])
+        pos_logits, neg_logits = model(batch["seq"], batch["token_type"], batch["pos"], batch["neg"],
+                                       item_mm=batch.get("item_mm"))
     loss = bce_loss(pos_logits, neg_logits, batch)
     if args.l2_emb:
         loss = loss + args.l2_emb * dist.unwrap(model).item_emb.weight.norm()
@@ -378,7 +389,7 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     bar = tqdm(batches.epoch(state.epoch), total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
     for i, batch in enumerate(bar):
-        loss = compute_loss(model, to_device(batch, device), args, amp_dtype)
+        loss = compute_loss(model, model_inputs(model, batch, device), args, amp_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -434,7 +445,7 @@ def validation_loss(model, seqs, ranges, args, device, amp_dtype, sampler) -> fl
     batches = TrainBatches(seqs, ranges, args.maxlen, args.batch_size, sampler, seed=0,
                            shuffle=False)
     for batch in batches.epoch(0):
-        total += compute_loss(model, to_device(batch, device), args, amp_dtype)
+        total += compute_loss(model, model_inputs(model, batch, device), args, amp_dtype)
         n += 1
     model.train()
     return float(total) / max(n, 1)

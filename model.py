@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from host_tables import HostTables, ItemMM
 from similarity import DotSimilarity
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
@@ -154,7 +156,9 @@ class FeatureEmbedder(nn.Module):
 
     tables: item_sparse (I+1, S) int, item_array (I+1, A, W) int, item_continual (I+1, C) float,
     the same for user_*, and mm_<fid> (I+1, dim) float; row 0 is zeros, so padding and missing
-    values embed to zero exactly as the baseline's filled-in defaults did.
+    values embed to zero exactly as the baseline's filled-in defaults did. The mm_<fid> tables
+    (numpy arrays or memmaps, or CPU tensors) stay on the host (`host_mm`, host_tables.py): only
+    the rows a batch uses reach the device, projected by emb_transform as the baseline does.
     Optional item_emb_id / user_emb_id (rows,) int map a table row to its id-embedding row; by
     default row r uses id r. Inference uses them for cold users and items: rows of their own
     (their features count) whose id embedding is 0 (unseen ids map to 0).
@@ -183,15 +187,18 @@ class FeatureEmbedder(nn.Module):
             for fid in schema[f"{side}_{kind}"]})
         self.emb_transform = nn.ModuleDict({fid: nn.Linear(dim, hidden)
                                             for fid, dim in schema["mm_dims"].items()})
+        self.host_mm = HostTables({fid: tables[f"mm_{fid}"] for fid in schema["mm_dims"]})
         for name, table in tables.items():
-            self.register_buffer(name, table, persistent=False)
+            if not name.startswith("mm_"):
+                self.register_buffer(name, table, persistent=False)
         if fusion == "dnn":
             n_item = 1 + len(schema["item_sparse"]) + len(schema["item_array"]) + len(schema["mm_dims"])
             n_user = 1 + len(schema["user_sparse"]) + len(schema["user_array"])
             self.itemdnn = nn.Linear(hidden * n_item + len(schema["item_continual"]), hidden)
             self.userdnn = nn.Linear(hidden * n_user + len(schema["user_continual"]), hidden)
 
-    def _side(self, side: str, ids: Tensor, id_emb: nn.Embedding) -> list[Tensor]:
+    def _side(self, side: str, ids: Tensor, id_emb: nn.Embedding,
+              item_mm: ItemMM | None = None) -> list[Tensor]:
         emb_id = getattr(self, f"{side}_emb_id", None)
         parts = [id_emb(ids if emb_id is None else emb_id[ids])]
         sparse = getattr(self, f"{side}_sparse")[ids]
@@ -200,16 +207,27 @@ class FeatureEmbedder(nn.Module):
         arrays = getattr(self, f"{side}_array")[ids]
         parts += [self.sparse_emb[fid](arrays[..., j, :]).sum(-2)
                   for j, fid in enumerate(self.schema[f"{side}_array"])]
-        if side == "item":
-            parts += [self.emb_transform[fid](getattr(self, f"mm_{fid}")[ids])
-                      for fid in self.schema["mm_dims"]]
+        if side == "item" and self.schema["mm_dims"]:
+            parts += self._mm_parts(ids, item_mm)
         if self.schema[f"{side}_continual"]:
             parts.append(getattr(self, f"{side}_continual")[ids].to(parts[0].dtype))
         return parts
 
-    def items(self, ids: Tensor) -> Tensor:
-        """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector."""
-        return self._fuse(self._side("item", ids, self.item_emb), "itemdnn")
+    def _mm_parts(self, ids: Tensor, item_mm: ItemMM | None) -> list[Tensor]:
+        """(...) ids -> per multimodal feature (..., D): each distinct id's row projected once,
+        then expanded. item_mm: the rows gathered on the host ahead of time (no sync); None
+        gathers them from `ids` here (a device-to-host copy of the ids)."""
+        inverse, rows = item_mm if item_mm is not None else self.host_mm.gather_tensor(ids)
+        out = []
+        for fid, r in zip(self.schema["mm_dims"], rows):
+            linear = self.emb_transform[fid]
+            out.append(F.embedding(inverse, linear(r.to(linear.weight.dtype))))
+        return out
+
+    def items(self, ids: Tensor, item_mm: ItemMM | None = None) -> Tensor:
+        """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector.
+        item_mm: see _mm_parts."""
+        return self._fuse(self._side("item", ids, self.item_emb, item_mm), "itemdnn")
 
     def users(self, ids: Tensor) -> Tensor:
         """User ids (...) -> user part (..., D)."""
@@ -342,26 +360,41 @@ class BaseModel(nn.Module):
         eye = torch.eye(n, dtype=torch.bool, device=nonpad.device)
         return ((causal & nonpad[:, None, :]) | eye).unsqueeze(1)
 
-    def forward(self, seq: Tensor, token_type: Tensor, pos: Tensor, neg: Tensor
-                ) -> tuple[Tensor, Tensor]:
-        """(B, L) int each -> pos_logits, neg_logits (B, L)."""
+    def forward(self, seq: Tensor, token_type: Tensor, pos: Tensor, neg: Tensor,
+                item_mm: ItemMM | None = None) -> tuple[Tensor, Tensor]:
+        """(B, L) int each -> pos_logits, neg_logits (B, L). item_mm: the multimodal rows of
+        the (3, B, L) lookups, from `host_item_mm` on the batch's host arrays (None: gathered
+        here, which on CUDA copies the ids to the host: a sync)."""
         seq_items = seq * (token_type == TOKEN_ITEM)
         lookups = torch.stack([seq_items, pos, neg])  # (3, B, L)
-        item_vecs = self._item_lookup(lookups)
+        item_vecs = self._item_lookup(lookups, item_mm)
         feats = self.log2feats(seq, token_type, item_part=item_vecs[0])
         return self.similarity(feats, item_vecs[1]), self.similarity(feats, item_vecs[2])
 
-    def _item_lookup(self, ids: Tensor) -> Tensor:
+    def _item_lookup(self, ids: Tensor, item_mm: ItemMM | None = None) -> Tensor:
         """ids (...) -> item parts (..., D). When the catalogue is smaller than the number of
         lookups, itemdnn runs once over every item and the batch gathers rows of the result:
         the same numbers, with itemdnn's cost bound by the catalogue instead of B x L x 3."""
+        if not self._whole_catalogue(ids.numel()):
+            return self.features.items(ids, item_mm)
         num_rows = self.features.item_sparse.shape[0]
-        if num_rows > ids.numel():
-            return self.features.items(ids)
-        if self.features.item_emb.sparse:  # a whole-catalogue pass would densify the gradient
-            return self.features.items(ids)
-        table = self.features.items(torch.arange(num_rows, device=ids.device))
+        every = self.features.host_mm.gather(np.arange(num_rows), ids.device)  # host ids: no sync
+        table = self.features.items(torch.arange(num_rows, device=ids.device), every)
         return F.embedding(ids, table)
+
+    def _whole_catalogue(self, lookups: int) -> bool:
+        # with sparse embeddings a whole-catalogue pass would densify the gradient
+        return self.features.item_sparse.shape[0] <= lookups and not self.features.item_emb.sparse
+
+    def host_item_mm(self, seq: np.ndarray, token_type: np.ndarray, pos: np.ndarray,
+                     neg: np.ndarray, device) -> ItemMM | None:
+        """The `item_mm` that forward needs, gathered from the batch's (B, L) host arrays before
+        they go to the device; None when there is no multimodal table or forward does not need
+        it (the whole-catalogue path gathers every row itself)."""
+        if not len(self.features.host_mm) or self._whole_catalogue(3 * seq.size):
+            return None
+        lookups = np.stack([seq * (token_type == TOKEN_ITEM), pos, neg])
+        return self.features.host_mm.gather(lookups, device)
 
     def predict(self, seq: Tensor, token_type: Tensor) -> Tensor:
         """(B, L) -> (B, D): the representation at the last (newest) slot."""
