@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import distributed as dist
-from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
-    random_user_split, training_arrays
+from batching import SPLITS, Queries, TrainBatches, competition_split, item_counts, \
+    leave_one_out_split, random_user_split, training_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, load_dataset
 from evaluate import evaluate, format_table
 from model import (ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES, BaseModel,
@@ -74,7 +74,9 @@ def _data_flags(g) -> None:
     g.add_argument("--cache_dir", default=None,
                    help="where the parsed data is cached (default: <data_dir>/.cache)")
     g.add_argument("--mm_emb_id", nargs="+", default=None,
-                   help="multimodal feature ids to use from creative_emb/ (default: 81 when present)")
+                   help="multimodal feature ids (any of 81-86) from creative_emb/ (V1) or mm_emb/ "
+                        "(V2), converted once to a float16 table in the cache (default: 81 when "
+                        "present)")
     g.add_argument("--on_bad_record", choices=BAD_RECORD_POLICIES, default="error",
                    help="a malformed record stops the run (error) or is skipped and counted (skip)")
     g.add_argument("--demo_users", type=int, default=3000, help="users of the built-in demo dataset")
@@ -150,7 +152,12 @@ def _sampling_flags(g) -> None:
 def _evaluation_flags(g) -> None:
     g.add_argument("--eval_protocol", choices=SPLITS, default="random_user",
                    help="random_user: the baseline's 90/10 user split with validation loss; "
-                        "leave_one_out: ranking metrics on each user's last items")
+                        "leave_one_out: ranking metrics on each user's last items; competition: "
+                        "each user's last conversion, else last click, held out (test) and the one "
+                        "before it (valid), with HR@10, NDCG@10, score and action-weighted ones")
+    g.add_argument("--eval_candidates", default=None,
+                   help="competition protocol: rank against this candidate pool (a text file of "
+                        "item ids, one per line) instead of all items")
     g.add_argument("--eval_every", type=int, default=1, help="epochs between validation rankings")
     g.add_argument("--patience", type=int, default=0,
                    help="stop after this many rankings without a better valid NDCG@10 (0: never)")
@@ -176,6 +183,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "it cannot be combined with --sparse_embeddings")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
+    if args.eval_protocol == "competition" and args.eval_sampled:
+        parser.error("--eval_protocol competition ranks against all items or --eval_candidates, "
+                     "not --eval_sampled")
+    if args.eval_candidates and args.eval_protocol != "competition":
+        parser.error("--eval_candidates needs --eval_protocol competition")
     for name in ("log_dir", "tb_dir", "ckpt_dir"):
         if getattr(args, name) is None:
             setattr(args, name, str(Path("runs") / args.run_name / name.split("_")[0]))
@@ -232,6 +244,8 @@ def ensure_demo_data(args) -> str:
 def make_split(args, data):
     if args.eval_protocol == "leave_one_out":
         return leave_one_out_split(data.seqs)
+    if args.eval_protocol == "competition":
+        return competition_split(data.seqs)
     return random_user_split(data.seqs, valid_share=0.1, seed=args.seed)
 
 
@@ -478,9 +492,29 @@ def validate(model, data, split, args, device, amp_dtype, state, writer) -> dict
 
 
 def run_evaluation(model, data, queries, args, device, amp_dtype) -> dict:
+    competition = args.eval_protocol == "competition"
     return evaluate(dist.unwrap(model), data.seqs, queries, data.itemnum, args.maxlen, device,
                     batch_size=args.eval_batch_size, filter_seen=args.eval_filter_seen,
-                    sampled=args.eval_sampled, seed=args.seed, amp_dtype=amp_dtype)
+                    sampled=args.eval_sampled, seed=args.seed, amp_dtype=amp_dtype,
+                    protocol="competition" if competition else None,
+                    candidates=candidate_pool(args, data) if competition else None)
+
+
+def candidate_pool(args, data) -> np.ndarray | None:
+    """Item ids of --eval_candidates; else a pool the data brings (`candidate_items`, item ids
+    of a V2 candidate/ folder); else None: all items."""
+    if args.eval_candidates is None:
+        pool = getattr(data, "candidate_items", None)
+        return None if pool is None else np.asarray(pool, np.int64)
+    path = Path(args.eval_candidates)
+    try:
+        ids = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: --eval_candidates expects item ids, one per line ({e})") from None
+    bad = ids[(ids < 1) | (ids > data.itemnum)]
+    if len(bad):
+        raise DataError(f"{path}: item id {bad[0]} is outside 1..{data.itemnum}")
+    return ids
 
 
 def log_epoch(writer, sampler, state, seconds: float) -> None:
