@@ -98,14 +98,29 @@ class _LengthCheck:
     Also maps creative ids to RIDs and counts the vectors of creatives that are no item (unused,
     so neither their length nor their values matter)."""
 
-    def __init__(self, source: MMSource, bad: BadRecords, rid_of: Callable[[object], int],
-                 n_rows: int):
+    def __init__(self, source: MMSource, bad: BadRecords, item_oid_to_rid, n_rows: int):
         self.source, self.bad, self.seen_good = source, bad, False
-        self.rid_of, self.n_rows, self.unmapped = rid_of, n_rows, 0
+        self.rid_of, self.n_rows, self.unmapped = oid_lookup(item_oid_to_rid), n_rows, 0
+        self.index = _IntOidIndex.build(item_oid_to_rid) if source.kind == "parquet" else None
 
     def rids(self, cids: list) -> np.ndarray:
         """(n,) int64 RIDs, 0 for creatives outside 1..n_rows (counted)."""
-        rids = np.fromiter((self.rid_of(c) for c in cids), np.int64, len(cids))
+        return self._counted(np.fromiter((self.rid_of(c) for c in cids), np.int64, len(cids)))
+
+    def arrow_rids(self, column) -> np.ndarray:
+        """The same for an arrow column of ids: vectorised when the indexer's keys are ints and
+        the ids are integers or decimal strings, else id by id."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        if self.index is not None:
+            try:
+                ints = pc.cast(column, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+                return self._counted(self.index.lookup(ints))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # not all decimal integers: the general path below
+        return self.rids(column.to_pylist())
+
+    def _counted(self, rids: np.ndarray) -> np.ndarray:
         rids[(rids < 0) | (rids > self.n_rows)] = 0
         self.unmapped += int((rids == 0).sum())
         return rids
@@ -222,10 +237,11 @@ def _parquet_batch(batch, path: Path, row0: int, dim: int, check: _LengthCheck) 
     """One record batch -> a chunk; rows with a null id or vector are skipped (no vector)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    cids, emb = batch.column(0).to_pylist(), batch.column(1)
+    column, emb = batch.column(0), batch.column(1)
+    cids = _LazyIds(column)  # Python objects only for the few rows an error names
     where = lambda k: f"{path}: row {row0 + int(k)}"  # noqa: E731
     if pa.types.is_string(emb.type) or pa.types.is_large_string(emb.type):
-        rows = ((where(k), c, t) for k, (c, t) in enumerate(zip(cids, emb.to_pylist()))
+        rows = ((where(k), c, t) for k, (c, t) in enumerate(zip(column.to_pylist(), emb.to_pylist()))
                 if c is not None and t is not None)
         chunks = list(_python_chunks(rows, dim, check, check.bad))
         if not chunks:
@@ -237,7 +253,7 @@ def _parquet_batch(batch, path: Path, row0: int, dim: int, check: _LengthCheck) 
                         "(or list<float>, or a JSON string)")
     lengths = pc.list_value_length(emb).fill_null(-1).to_numpy(zero_copy_only=False)
     values = emb.flatten().to_numpy(zero_copy_only=False)  # null elements -> NaN: bad below
-    rids = check.rids(cids)  # null or unknown ids -> 0: no vector
+    rids = check.arrow_rids(column)  # null or unknown ids -> 0: no vector
     present = (lengths >= 0) & (rids > 0)
     good = present & (lengths == dim)
     first = np.flatnonzero(present)[:1]
@@ -245,11 +261,57 @@ def _parquet_batch(batch, path: Path, row0: int, dim: int, check: _LengthCheck) 
         check.seen_good = True  # the first vector agrees with the name: later ones are records
     for k in np.flatnonzero(present & ~good):
         check(int(lengths[k]), f"{where(k)}: creative {cids[k]!r}")
-    # flatten() drops null lists, so the values are the concatenation of the non-null rows
-    keep_values = np.repeat(good[lengths >= 0], lengths[lengths >= 0])
     rows = np.flatnonzero(good)
-    vecs = values[keep_values].astype(np.float32, copy=False).reshape(len(rows), dim)
-    return [cids[k] for k in rows], rids[rows], vecs, lambda j: where(rows[j])
+    if len(rows) == len(lengths):  # the usual batch: every row an item's vector, no copy
+        vecs = values.reshape(len(rows), dim)
+    elif (lengths[lengths >= 0] == dim).all():  # some rows unused: take whole rows
+        vecs = values.reshape(-1, dim)[good[lengths >= 0]]
+    else:  # flatten() drops null lists: the values are the non-null rows' concatenation
+        keep_values = np.repeat(good[lengths >= 0], lengths[lengths >= 0])
+        vecs = values[keep_values].reshape(len(rows), dim)
+    return _LazyIds(column, rows), rids[rows], vecs.astype(np.float32, copy=False), \
+        lambda j: where(rows[j])
+
+
+class _LazyIds:
+    """An arrow id column (optionally some of its rows) indexed like a list of Python ids."""
+
+    def __init__(self, column, rows: np.ndarray | None = None):
+        self.column, self.rows = column, rows
+
+    def __getitem__(self, k: int):
+        return self.column[int(k if self.rows is None else self.rows[k])].as_py()
+
+    def __len__(self) -> int:
+        return len(self.column) if self.rows is None else len(self.rows)
+
+
+class _IntOidIndex:
+    """indexer['i'] as sorted int64 arrays (16 bytes per item, not per table cell), for
+    vectorised lookups of a whole parquet batch of ids."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.values = keys[order], values[order]
+
+    @classmethod
+    def build(cls, mapping) -> "_IntOidIndex | None":
+        """None unless `mapping` is a dict of int keys to int values."""
+        if type(mapping) is not dict or not mapping:
+            return None
+        try:
+            if not all(type(k) is int for k in mapping):
+                return None
+            keys = np.fromiter(mapping.keys(), np.int64, len(mapping))
+            values = np.fromiter(mapping.values(), np.int64, len(mapping))
+        except (OverflowError, TypeError, ValueError):
+            return None
+        return cls(keys, values)
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 ids -> (n,) int64 RIDs, 0 when unknown."""
+        pos = np.minimum(np.searchsorted(self.keys, ids), len(self.keys) - 1)
+        return np.where(self.keys[pos] == ids, self.values[pos], 0)
 
 
 # --------------------------------------------------------------------------- creative ids
@@ -272,7 +334,7 @@ def oid_lookup(item_oid_to_rid) -> Callable[[object], int]:
 def mapped_chunks(source: MMSource, item_oid_to_rid, n_rows: int, bad: BadRecords, counts: dict):
     """Yield (rids (n,) int64 in 1..n_rows, vectors (n, D) float16) of the usable vectors;
     counts["unmapped"] (creative not an item) and ["nonfinite"] are set."""
-    check = _LengthCheck(source, bad, oid_lookup(item_oid_to_rid), n_rows)
+    check = _LengthCheck(source, bad, item_oid_to_rid, n_rows)
     for cids, rids, vecs, where in iter_chunks(source, bad, check):
         with np.errstate(over="ignore", invalid="ignore"):
             half = vecs.astype(TABLE_DTYPE)
