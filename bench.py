@@ -288,7 +288,7 @@ class Case:
         t0 = time.perf_counter()
         batch = next(self._stream)
         t1 = time.perf_counter()
-        tensors = main.to_device(batch, self.device)
+        tensors = main.model_inputs(self.model, batch, self.device)  # + multimodal rows, if any
         _sync(self.device)
         t2 = time.perf_counter()
         loss = main.compute_loss(self.model, tensors, self.args, self.amp_dtype)

@@ -10,8 +10,9 @@ expands them with the inverse index, the same numbers as projecting every lookup
 Pages of a memory-mapped table that a gather touched stay mapped, so the process's resident set
 would grow towards the table's size over an epoch; every RELEASE_BYTES of gathered rows they are
 unmapped again (madvise DONTNEED on the read-only map: the kernel's page cache keeps them, a
-later touch maps them back without disk I/O). Peak RSS is then bounded by RELEASE_BYTES, not by
-the table.
+later touch maps them back without disk I/O). The pages a gather may touch are counted from above
+(each row may straddle pages), so the mapped part of the tables stays under about RELEASE_BYTES
+plus one batch, whatever the table's size.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-RELEASE_BYTES = 256 << 20
+RELEASE_BYTES = 64 << 20
+PAGE = mmap.PAGESIZE
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
                  np.dtype(np.float64): torch.float64}
 
@@ -60,7 +62,9 @@ class HostTables:
         buf = torch.empty((len(uniq), table.shape[1]), dtype=_TORCH_DTYPES[np.dtype(table.dtype)],
                           pin_memory=device.type == "cuda")
         np.take(table, uniq, axis=0, out=buf.numpy())
-        self._since_release += buf.numel() * buf.element_size()
+        row_pages = table.shape[1] * table.itemsize // PAGE + 2  # at most, for a row anywhere
+        table_pages = table.size * table.itemsize // PAGE + 1
+        self._since_release += min(len(uniq) * row_pages, table_pages) * PAGE
         if self._since_release >= RELEASE_BYTES:
             self.release_pages()
         return _to_device(buf, device)
