@@ -132,3 +132,22 @@ def test_competition_flags_errors(tmp_path):
         main_mod.parse_args(["--eval_protocol", "competition", "--eval_sampled", "100"])
     with pytest.raises(SystemExit):
         main_mod.parse_args(["--eval_candidates", str(tmp_path / "x")])
+
+
+def test_candidate_file_errors(tmp_path):
+    from types import SimpleNamespace
+    data = SimpleNamespace(itemnum=5)
+    good, bad_id, not_ids = (tmp_path / n for n in ("good.txt", "bad.txt", "text.txt"))
+    good.write_text("1\n5\n")
+    bad_id.write_text("1\n6\n")
+    not_ids.write_text("one\n")
+    pool = main_mod.candidate_pool(SimpleNamespace(eval_candidates=str(good)), data)
+    assert pool.tolist() == [1, 5]
+    with pytest.raises(main_mod.DataError, match=r"bad.txt: item id 6 is outside 1..5"):
+        main_mod.candidate_pool(SimpleNamespace(eval_candidates=str(bad_id)), data)
+    with pytest.raises(main_mod.DataError, match=r"text.txt: --eval_candidates expects item ids"):
+        main_mod.candidate_pool(SimpleNamespace(eval_candidates=str(not_ids)), data)
+    no_flag = SimpleNamespace(eval_candidates=None)
+    assert main_mod.candidate_pool(no_flag, data) is None
+    data.candidate_items = [2, 3]  # a pool the V2 reader attaches
+    assert main_mod.candidate_pool(no_flag, data).tolist() == [2, 3]
