@@ -66,6 +66,16 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _rss_parts_mb() -> dict[str, float]:
+    """Current RssAnon (heap: batches, weights) and RssFile (mapped file pages: the table)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024
+    return out
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -78,6 +88,7 @@ def child_convert(data_dir: Path, out: Path) -> dict:
     info = mm.convert_mm_table(data_dir, FID, indexer["i"], len(indexer["i"]), out)
     source = mm.find_source(data_dir, FID).path
     src_bytes = sum(f.stat().st_size for f in source.iterdir())
+    # ru_maxrss covers the whole process; the conversion's own part is peak - rss_before
     return {"seconds": info.seconds, "rows_per_s": (info.covered + info.unmapped) / info.seconds,
             "source_mb_per_s": src_bytes / 1e6 / info.seconds, "covered": info.covered,
             "table_bytes": out.stat().st_size, "rss_before_mb": before, "peak_rss_mb": _peak_mb()}
@@ -101,9 +112,11 @@ def child_train(data_dir: Path, cache: Path, with_mm: bool, steps: int, warmup: 
     optimizer = build_optimizer(model, args.lr, args.adam_betas)
     after_load = _rss_mb()
     batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler, seed=0)
-    times = []
+    times, distinct, peaks = [], [], {"RssAnon": 0.0, "RssFile": 0.0}
     device = torch.device("cpu")
     for i, batch in zip(range(warmup + steps), batches.epoch(1)):
+        lookups = np.stack([batch["seq"] * (batch["token_type"] == 1), batch["pos"], batch["neg"]])
+        distinct.append(len(np.unique(lookups)))
         start = time.perf_counter()
         loss = main.compute_loss(model, main.model_inputs(model, batch, device), args, None)
         optimizer.zero_grad(set_to_none=True)
@@ -111,7 +124,10 @@ def child_train(data_dir: Path, cache: Path, with_mm: bool, steps: int, warmup: 
         optimizer.step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
+        peaks = {k: max(peaks[k], v) for k, v in _rss_parts_mb().items()}
     return {"step_ms_median": 1000 * float(np.median(times)), "steps": len(times),
+            "distinct_items_per_batch": float(np.mean(distinct)),
+            "peak_rss_anon_mb": peaks["RssAnon"], "peak_rss_file_mb": peaks["RssFile"],
             "rss_after_load_mb": after_load, "peak_rss_mb": _peak_mb(),
             "mm_dims": data.schema.mm_dims}
 

@@ -215,13 +215,16 @@ def _parquet_chunks(source: MMSource, check: _LengthCheck) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
     for path in _parquet_files(source.path):
         try:
-            pf = pq.ParquetFile(path)
+            # pre_buffer (pyarrow's default) reads ahead whole files: memory would follow the
+            # part file's size instead of one row group's
+            pf = pq.ParquetFile(path, pre_buffer=False)
             names = pf.schema_arrow.names
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: not a readable parquet file ({e})") from None
         if "anonymous_cid" not in names or "emb" not in names:
             raise DataError(f"{path}: expected columns anonymous_cid and emb, found {names}")
-        row0, batches = 0, pf.iter_batches(batch_size=CHUNK_ROWS, columns=["anonymous_cid", "emb"])
+        row0, batches = 0, pf.iter_batches(batch_size=CHUNK_ROWS, columns=["anonymous_cid", "emb"],
+                                           use_threads=False)
         while True:
             try:
                 batch = next(batches, None)
