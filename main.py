@@ -155,9 +155,6 @@ def _evaluation_flags(g) -> None:
                         "leave_one_out: ranking metrics on each user's last items; competition: "
                         "each user's last conversion, else last click, held out (test) and the one "
                         "before it (valid), with HR@10, NDCG@10, score and action-weighted ones")
-    g.add_argument("--eval_candidates", default=None,
-                   help="competition protocol: rank against this candidate pool (a text file of "
-                        "item ids, one per line) instead of all items")
     g.add_argument("--eval_every", type=int, default=1, help="epochs between validation rankings")
     g.add_argument("--patience", type=int, default=0,
                    help="stop after this many rankings without a better valid NDCG@10 (0: never)")
@@ -184,10 +181,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
     if args.eval_protocol == "competition" and args.eval_sampled:
-        parser.error("--eval_protocol competition ranks against all items or --eval_candidates, "
-                     "not --eval_sampled")
-    if args.eval_candidates and args.eval_protocol != "competition":
-        parser.error("--eval_candidates needs --eval_protocol competition")
+        parser.error("--eval_protocol competition ranks against all items or the data's "
+                     "candidate pool, not --eval_sampled")
     for name in ("log_dir", "tb_dir", "ckpt_dir"):
         if getattr(args, name) is None:
             setattr(args, name, str(Path("runs") / args.run_name / name.split("_")[0]))
@@ -497,23 +492,19 @@ def run_evaluation(model, data, queries, args, device, amp_dtype) -> dict:
                     batch_size=args.eval_batch_size, filter_seen=args.eval_filter_seen,
                     sampled=args.eval_sampled, seed=args.seed, amp_dtype=amp_dtype,
                     protocol="competition" if competition else None,
-                    candidates=candidate_pool(args, data) if competition else None)
+                    candidates=candidate_pool(data) if competition else None)
 
 
-def candidate_pool(args, data) -> np.ndarray | None:
-    """Item ids of --eval_candidates; else a pool the data brings (`candidate_items`, item ids
-    of a V2 candidate/ folder); else None: all items."""
-    if args.eval_candidates is None:
-        pool = getattr(data, "candidate_items", None)
-        return None if pool is None else np.asarray(pool, np.int64)
-    path = Path(args.eval_candidates)
-    try:
-        ids = np.loadtxt(path, dtype=np.int64, ndmin=1)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: --eval_candidates expects item ids, one per line ({e})") from None
-    bad = ids[(ids < 1) | (ids > data.itemnum)]
-    if len(bad):
-        raise DataError(f"{path}: item id {bad[0]} is outside 1..{data.itemnum}")
+def candidate_pool(data) -> np.ndarray | None:
+    """The candidate pool the data brings (`candidate_items`: item ids, e.g. the seen items of
+    a V2 candidate/ folder), else None: rank against all items."""
+    pool = getattr(data, "candidate_items", None)
+    if pool is None:
+        return None
+    ids = np.asarray(pool, np.int64)
+    if len(ids) and (ids.min() < 1 or ids.max() > data.itemnum):
+        raise DataError(f"candidate pool: item ids must be in 1..{data.itemnum}, got "
+                        f"{ids.min()}..{ids.max()}")
     return ids
 
 
