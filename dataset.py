@@ -130,14 +130,19 @@ def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
     if use_cache and (path / "meta.json").exists():
         log.info("loading cached parse %s", path)
         return _read_cache(path)
+    root_existed = root.exists()
     scratch = _mm_scratch(root, path.name) if use_cache and mm_emb_ids else None
+    parsed = False
     try:
         dataset = _parse(data_dir, mm_emb_ids, on_bad_record, scratch)
+        parsed = True
         if use_cache:
             _write_cache_atomically(dataset, path)  # moves the converted tables into the cache
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+            if not parsed and not root_existed and not any(root.iterdir()):
+                root.rmdir()  # a failed parse leaves nothing behind, not even the cache root
     return dataset
 
 

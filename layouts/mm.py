@@ -132,7 +132,7 @@ class _LengthCheck:
         if not self.seen_good:
             raise DataError(f"{where}: vector of dimension {length}, but the name "
                             f"{self.source.path.name} says dimension {self.source.dim}")
-        self.bad(f"{where}: vector of dimension {length}, expected dimension {self.source.dim}")
+        self.bad(f"{where}: expected a vector of dimension {self.source.dim}, got shape ({length},)")
         return False
 
 

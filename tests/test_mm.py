@@ -107,7 +107,7 @@ def test_one_vector_of_wrong_length_is_a_bad_record(tmp_path):
     vecs = _vectors(8, list(OIDS)[:4])
     vecs[list(OIDS)[2]] = np.ones(5, np.float32)
     _write_parquet(tmp_path / "mm_emb" / "emb_81_8_parquet", vecs, parts=1)
-    with pytest.raises(DataError, match=r"part-00000-x.parquet: row 2: creative .*dimension 5"):
+    with pytest.raises(DataError, match=r"part-00000-x.parquet: row 2: creative .*dimension 8, got shape \(5,\)"):
         _convert(tmp_path)
     table, info = _convert(tmp_path, on_bad_record="skip")
     assert info.bad_skipped == 1 and info.covered == 3 and not table[3].any()
