@@ -138,6 +138,9 @@ def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
         parsed = True
         if use_cache:
             _write_cache_atomically(dataset, path)  # moves the converted tables into the cache
+            if dataset.tables.mm and (path / "meta.json").exists():  # map them at their new name
+                dataset.tables.mm = {fid: np.load(path / f"mm_{fid}.npy", mmap_mode="r")
+                                     for fid in dataset.tables.mm}
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
