@@ -13,7 +13,10 @@ import numpy as np
 
 from dataset import ACTION_NULL, TOKEN_ITEM, SequenceData
 
-SPLITS = ("random_user", "leave_one_out")
+SPLITS = ("random_user", "leave_one_out", "competition")
+ACTION_CLICK, ACTION_CONVERSION = 1, 2
+# The second round's target weights (data-format-v2.md §10): click 1, conversion 2.5.
+ACTION_WEIGHTS = {ACTION_CLICK: 1.0, ACTION_CONVERSION: 2.5}
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Queries:
     """Evaluation queries: the input range of each line and the item that should come next."""
     inputs: Ranges
     targets: np.ndarray  # (n,) int64 item ids
+    weights: np.ndarray | None = None  # (n,) float64 target weights (competition protocol)
 
 
 @dataclass
@@ -72,6 +76,51 @@ def leave_one_out_split(seqs: SequenceData) -> Split:
     valid = Queries(Ranges(ev.lines, ev.start, ev.end - 2), tok_id[ev.end - 2].astype(np.int64))
     test = Queries(Ranges(ev.lines, ev.start, ev.end - 1), tok_id[ev.end - 1].astype(np.int64))
     return Split(Ranges(ranges.lines, ranges.start, train_end), valid, test)
+
+
+def competition_split(seqs: SequenceData) -> Split:
+    """The competition's target: per user, test = the last conversion (action 2) where one
+    exists, else the last click (action 1); valid = the same rule on the tokens before the test
+    target; train on the tokens before the earliest evaluated target (events after the test
+    target are the future: never used). A target needs an item before it to be evaluated; a
+    user without one trains on everything and is not evaluated. Targets carry their weight
+    (click 1, conversion 2.5) for the action-weighted metrics."""
+    ranges = all_lines(seqs)
+    test_t = _competition_targets(seqs, ranges.start, ranges.end)
+    test_ok = test_t >= 0
+    valid_t = _competition_targets(seqs, ranges.start, np.where(test_ok, test_t, ranges.start))
+    valid_ok = valid_t >= 0
+    train_end = np.where(valid_ok, valid_t, np.where(test_ok, test_t, ranges.end))
+    return Split(Ranges(ranges.lines, ranges.start, train_end),
+                 _target_queries(seqs, ranges, valid_t), _target_queries(seqs, ranges, test_t))
+
+
+def _competition_targets(seqs: SequenceData, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """(n,) flat index of each range's target (last conversion, else last click) among its
+    item tokens, -1 when it has none or no item token precedes it."""
+    lengths = end - start
+    flat = _ragged_arange(start, lengths)
+    row = np.repeat(np.arange(len(start)), lengths)
+    is_item = np.asarray(seqs.tok_type)[flat] == TOKEN_ITEM
+    action = np.asarray(seqs.tok_action)[flat]
+    target = np.full(len(start), -1, np.int64)
+    for kind in (ACTION_CLICK, ACTION_CONVERSION):  # conversions overwrite clicks
+        hit = is_item & (action == kind)
+        last = np.full(len(start), -1, np.int64)
+        np.maximum.at(last, row[hit], flat[hit])
+        target = np.where(last >= 0, last, target)
+    first_item = np.full(len(start), np.iinfo(np.int64).max)
+    np.minimum.at(first_item, row[is_item], flat[is_item])
+    return np.where(first_item < target, target, -1)
+
+
+def _target_queries(seqs: SequenceData, ranges: Ranges, target: np.ndarray) -> Queries:
+    rows = np.flatnonzero(target >= 0)
+    t = target[rows]
+    weights = np.vectorize(ACTION_WEIGHTS.get, otypes=[np.float64])(
+        np.asarray(seqs.tok_action)[t]) if len(t) else np.zeros(0)
+    return Queries(Ranges(ranges.lines[rows], ranges.start[rows], t),
+                   np.asarray(seqs.tok_id)[t].astype(np.int64), weights)
 
 
 def window_index(start: np.ndarray, end: np.ndarray, pinned_first: np.ndarray,

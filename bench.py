@@ -198,14 +198,15 @@ def synthetic_dataset(num_items: int, num_users: int, maxlen: int, seed: int = 0
 
 # --------------------------------------------------------------------------- FLOPs and peak
 
-def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
+def step_flops(model: BaseModel, batch_size: int, seq_len: int, mm_rows: int | None = None) -> int:
     """Matrix-product FLOPs of one training step of `model.forward` on a (batch_size, seq_len)
     batch, counted as the model executes them; backward = 2 x forward, so step = 3 x forward.
 
     Counted (2 FLOPs per multiply-add), B = batch_size, L = seq_len, D = hidden:
     - item part (`_item_lookup`): itemdnn (none with "sum" fusion) on R rows, R = the whole
       catalogue (I + 1) when the dense path runs it once per step, else 3 B L (seq, pos, neg per
-      token); emb_transform of each multimodal feature on the same R rows;
+      token); emb_transform of each multimodal feature on the whole catalogue too, else on the
+      batch's distinct item ids (`mm_rows`; None: the upper bound 3 B L);
     - user part: userdnn (none with "sum" fusion) on B + 1 rows (the profile slot of each row
       plus the shared padding user, see FeatureEmbedder.tokens);
     - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV
@@ -220,11 +221,12 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int) -> int:
     d, b, n = model.hidden, batch_size, seq_len
     lookups = 3 * b * n
     rows = f.item_sparse.shape[0]
+    mm_r = rows
     if rows > lookups or f.item_emb.sparse:  # the per-token path of _item_lookup
-        rows = lookups
+        rows, mm_r = lookups, lookups if mm_rows is None else mm_rows
     mm_in = sum(lin.in_features for lin in f.emb_transform.values())
     fused = f.fusion == "dnn"  # "sum" fusion has no itemdnn/userdnn products
-    item = 2 * rows * d * ((f.itemdnn.in_features if fused else 0) + mm_in)
+    item = 2 * d * (rows * (f.itemdnn.in_features if fused else 0) + mm_r * mm_in)
     user = 2 * (b + 1) * f.userdnn.in_features * d if fused else 0
     block = 6 * 2 * b * n * d * d + 2 * 2 * b * attention_scores(model, n) * d
     logits = 2 * 2 * b * n * d
@@ -347,7 +349,7 @@ class Case:
         t0 = time.perf_counter()
         batch = next(self._stream)
         t1 = time.perf_counter()
-        tensors = main.to_device(batch, self.device)
+        tensors = main.model_inputs(self.model, batch, self.device)  # + multimodal rows, if any
         _sync(self.device)
         t2 = time.perf_counter()
         loss = main.compute_loss(self.model, tensors, self.args, self.amp_dtype)

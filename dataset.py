@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 3: null action types stored as ACTION_NULL (2 folded them into 0)
+CACHE_VERSION = 4  # 3: null action types stored as ACTION_NULL; 4: multimodal tables float16
 FEATURE_GROUPS = ("user_sparse", "user_array", "user_continual",
                   "item_sparse", "item_array", "item_continual")
 DEFAULT_MM_EMB_ID = "81"  # the competition's 32-d multimodal feature, used when present
@@ -130,13 +131,12 @@ def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
     layout = detect_layout(data_dir)
     if layout == "v2":
         from layouts import v2
-        mm_emb_ids = v2.resolve_mm_ids(data_dir, mm_emb_ids)
         files, parse = v2.input_files(data_dir), v2.parse_v2
     else:
         _require(data_dir / "seq.jsonl", data_dir / "seq_offsets.pkl", data_dir / "indexer.pkl",
                  data_dir / "item_feat_dict.json")
-        mm_emb_ids = resolve_mm_ids(data_dir, mm_emb_ids)
         files, parse = _input_files(data_dir), _parse
+    mm_emb_ids = resolve_mm_ids(data_dir, mm_emb_ids)
     key = _cache_key(data_dir, mm_emb_ids, on_bad_record, files)
     root = Path(cache_dir) if cache_dir else data_dir / ".cache"
     path = root / f"{layout}-{key}"
@@ -145,12 +145,36 @@ def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None,
         cached = _read_cache_or_discard(path)
         if cached is not None:
             return cached
-    dataset = parse(data_dir, mm_emb_ids, on_bad_record)
-    if use_cache:
-        _write_cache_atomically(dataset, path, {"data_dir": str(data_dir.resolve()),
-                                                "mm_emb_ids": mm_emb_ids,
-                                                "on_bad_record": on_bad_record})
+    root_existed = root.exists()
+    scratch = _mm_scratch(root, path.name) if use_cache and mm_emb_ids else None
+    parsed = False
+    try:
+        dataset = parse(data_dir, mm_emb_ids, on_bad_record, scratch)
+        parsed = True
+        if use_cache:  # moves the converted multimodal tables into the cache
+            _write_cache_atomically(dataset, path, {"data_dir": str(data_dir.resolve()),
+                                                    "mm_emb_ids": mm_emb_ids,
+                                                    "on_bad_record": on_bad_record})
+            if dataset.tables.mm and (path / "meta.json").exists():  # map them at their new name
+                dataset.tables.mm = {fid: np.load(path / f"mm_{fid}.npy", mmap_mode="r")
+                                     for fid in dataset.tables.mm}
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if not parsed and not root_existed and not any(root.iterdir()):
+                root.rmdir()  # a failed parse leaves nothing behind, not even the cache root
     return dataset
+
+
+def _mm_scratch(root: Path, name: str) -> Path | None:
+    """A folder beside the cache where the multimodal tables are converted during the parse, so
+    that the cache write can move (not copy) them; None when the cache root is not writable."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # a .tmp- name: a killed parse's scratch is removed at the next start (tempdirs)
+        return tempdirs.make_temp_dir(root, _CACHE_TMP, f"{name}.mm")
+    except OSError:
+        return None
 
 
 V1_MARKERS = ("seq.jsonl", "seq_offsets.pkl", "item_feat_dict.json")
@@ -185,7 +209,7 @@ def resolve_mm_ids(data_dir: Path, mm_emb_ids: list[str] | None) -> list[str]:
     for fid in mm_emb_ids:
         if find_mm_source(data_dir, fid) is None:
             raise DataError(f"{data_dir / 'creative_emb'}: no emb_{fid}_<dim>.pkl or emb_{fid}_<dim>/ "
-                            f"for --mm_emb_id {fid}")
+                            f"(nor mm_emb/emb_{fid}_<dim>_parquet/) for --mm_emb_id {fid}")
     return list(mm_emb_ids)
 
 
@@ -195,6 +219,8 @@ def _input_files(data_dir: Path) -> list[Path]:
     emb = data_dir / "creative_emb"
     if emb.is_dir():
         files += sorted(p for p in emb.rglob("*") if p.is_file())
+    if (data_dir / "mm_emb").is_dir():
+        files += sorted(p for p in (data_dir / "mm_emb").rglob("*") if p.is_file())
     return [p for p in files if p.exists()]
 
 
@@ -228,7 +254,8 @@ class BadRecords:
             log.warning("skipped: %s", message)
 
 
-def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> Dataset:
+def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str,
+           mm_dir: Path | None = None) -> Dataset:
     bad = BadRecords(on_bad_record)
     indexer = load_pickle_checked(data_dir / "indexer.pkl")
     check_indexer(indexer, data_dir / "indexer.pkl")
@@ -243,8 +270,7 @@ def _parse(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> Dataset
         *fill_feature_tables(item_feats, itemnum, schema, "item", bad,
                              str(data_dir / "item_feat_dict.json")),
         *fill_feature_tables(lines.user_feats, usernum, schema, "user", bad, lines.profile_where),
-        mm={fid: load_mm_table(data_dir, fid, schema.mm_dims[fid], indexer["i"], itemnum)
-            for fid in mm_emb_ids},
+        mm=convert_mm_tables(data_dir, mm_emb_ids, indexer["i"], itemnum, mm_dir, on_bad_record),
     )
     seqs, stats = lines.seqs, {"lines_without_items": lines.lines_without_items}
     item_valid = np.zeros(itemnum + 1, dtype=bool)
@@ -601,81 +627,46 @@ def _checked_float(value, where: str, bad: BadRecords) -> float:
 
 # --------------------------------------------------------------------------- multimodal vectors
 
-_MM_NAME = re.compile(r"^emb_(?P<fid>[^_]+)_(?P<dim>\d+)(?:\.pkl)?$")
-
+# The formats, the streaming conversion and its checks live in layouts/mm.py (imported inside
+# the functions: it imports this module's DataError and BadRecords).
 
 def find_mm_source(data_dir: Path, fid: str) -> Path | None:
-    emb = data_dir / "creative_emb"
-    if not emb.is_dir():
-        return None
-    for p in sorted(emb.iterdir()):
-        m = _MM_NAME.match(p.name)
-        if m and m["fid"] == fid and (p.is_dir() or p.suffix == ".pkl"):
-            return p
-    return None
+    """creative_emb/emb_<fid>_<dim>(.pkl) or mm_emb/emb_<fid>_<dim>_parquet; None when absent,
+    DataError when both (ambiguous)."""
+    from layouts import mm
+    source = mm.find_source(Path(data_dir), fid)
+    return None if source is None else source.path
 
 
 def mm_dim(path: Path) -> int:
-    return int(_MM_NAME.match(path.name)["dim"])
+    from layouts import mm
+    return mm.dim_from_name(path)
 
 
-def load_mm_table(data_dir: Path, fid: str, dim: int, item_indexer: dict, itemnum: int) -> np.ndarray:
-    """(I+1, dim) float32; rows of items without a vector stay zero (coverage is partial)."""
-    table = np.zeros((itemnum + 1, dim), np.float32)
-    reid_of = _raw_id_lookup(item_indexer)
-    for where, cid, vec in _iter_mm_vectors(find_mm_source(data_dir, fid)):
-        reid = reid_of(cid)
-        if reid is None or not 1 <= reid <= itemnum:
-            continue  # vectors of creatives outside the indexer are unused
+def load_mm_table(data_dir: Path, fid: str, dim: int, item_indexer, itemnum: int) -> np.ndarray:
+    """(itemnum+1, dim) float32 in memory (inference tables with extra rows); rows of items
+    without a vector stay zero. `item_indexer`: creative id -> row, anything with `.get`."""
+    from layouts import mm
+    return mm.read_mm_table(data_dir, fid, dim, item_indexer, itemnum)
+
+
+def convert_mm_tables(data_dir: Path, mm_emb_ids: list[str], item_indexer: dict, itemnum: int,
+                      scratch: Path | None, on_bad_record: str) -> dict[str, np.ndarray]:
+    """fid -> (itemnum+1, dim) float16 read-only memmap, converted in a streaming pass into
+    `scratch` (the cache write then moves the files into the cache); None: a temporary file,
+    unlinked once mapped (the mapping outlives the name)."""
+    from layouts import mm
+    out = {}
+    for fid in mm_emb_ids:
+        folder = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="taac-mm-"))
+        path = folder / f"mm_{fid}.npy"
         try:
-            arr = np.asarray(vec, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise DataError(f"{where}: creative {cid!r}: expected a vector of {dim} numbers") from None
-        if arr.shape != (dim,):
-            raise DataError(f"{where}: creative {cid}: expected a vector of dimension {dim}, "
-                            f"got shape {arr.shape}")
-        table[reid] = arr
-    return table
-
-
-def _raw_id_lookup(item_indexer: dict):
-    """Raw creative ids are ints in some files and strings in others: accept both spellings."""
-    def reid_of(cid):
-        if isinstance(cid, bool) or not isinstance(cid, int | str) or len(str(cid)) > 40:
-            return None  # not an id at all: unknown
-        r = item_indexer.get(cid)
-        if r is None and isinstance(cid, int):
-            r = item_indexer.get(str(cid))
-        elif r is None and cid.isascii() and cid.isdecimal():
-            r = item_indexer.get(int(cid))
-        return r if isinstance(r, int) else None
-    return reid_of
-
-
-def _iter_mm_vectors(source: Path):
-    """Yield (where, raw creative id, vector) from a pickle or a folder of JSON-lines parts."""
-    if source.is_file():
-        data = load_pickle_checked(source)
-        if not isinstance(data, dict):
-            raise DataError(f"{source}: expected a pickled dict of creative id -> vector")
-        for cid, vec in data.items():
-            yield f"{source}: key {cid!r}", cid, vec
-        return
-    parts = sorted(p for p in source.iterdir()
-                   if p.is_file() and (p.suffix == ".json" or p.name.startswith("part-")))
-    for part in parts:
-        with open(part, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{part}:{lineno}"
-                try:
-                    obj = json_loads(line)
-                    cid, vec = obj["anonymous_cid"], obj["emb"]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise DataError(f"{where}: expected {{\"anonymous_cid\": id, \"emb\": [floats]}} "
-                                    f"({type(e).__name__}: {e})") from None
-                yield where, cid, vec
+            mm.convert_mm_table(data_dir, fid, item_indexer, itemnum, path, on_bad_record)
+            out[fid] = mm.open_mm_table(path)
+        finally:
+            if scratch is None:  # also after a failed conversion
+                shutil.rmtree(folder, ignore_errors=True)
+    return out
 
 
 # --------------------------------------------------------------------------- the cache
@@ -715,7 +706,7 @@ def _write_cache_atomically(dataset: Dataset, path: Path, source: dict | None = 
         for name in _TABLE_FIELDS:
             np.save(tmp / f"{name}.npy", getattr(dataset.tables, name))
         for fid, table in dataset.tables.mm.items():
-            np.save(tmp / f"mm_{fid}.npy", table)
+            _save_mm_table(table, tmp / f"mm_{fid}.npy", path.name)
         np.save(tmp / "item_valid.npy", dataset.item_valid)
         meta = {"version": CACHE_VERSION, "schema": dataset.schema.to_dict(),
                 "itemnum": dataset.itemnum, "usernum": dataset.usernum, "stats": dataset.stats,
@@ -779,6 +770,17 @@ def _check_cache_shapes(d: Dataset) -> None:
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"{bad[0]}.npy does not match the other arrays")
+
+
+def _save_mm_table(table: np.ndarray, dest: Path, cache_name: str) -> None:
+    """A table converted in this parse's scratch folder is moved (its memmap stays valid: same
+    file); any other is written (np.save)."""
+    name = getattr(table, "filename", None)
+    if name and Path(name).parent.name.startswith(f"{_CACHE_TMP}{cache_name}.mm@") \
+            and Path(name).exists():
+        os.replace(name, dest)
+    else:
+        np.save(dest, table)
 
 
 def _read_cache(path: Path) -> Dataset:

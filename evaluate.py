@@ -15,7 +15,8 @@ from torch import Tensor
 
 from batching import Queries, item_histories, query_arrays
 from dataset import SequenceData
-from metrics import MetricAccumulator, sample_candidates, sampled_ranks, seen_mask, target_ranks
+from metrics import (HEADLINE_K, MetricAccumulator, sample_candidates, sampled_ranks, seen_mask,
+                     target_ranks)
 
 SCORE_BUDGET = 2 ** 25  # scores held at once (128 MB in fp32): bounds memory per chunk
 
@@ -35,8 +36,12 @@ def item_matrix(model, itemnum: int, device, chunk: int = 65536) -> Tensor:
 @torch.no_grad()
 def evaluate(model, seqs: SequenceData, queries: Queries, itemnum: int, maxlen: int, device,
              *, batch_size: int = 128, filter_seen: bool = True, sampled: int = 0,
-             seed: int = 0, amp_dtype: torch.dtype | None = None) -> dict:
-    """Mean metrics over the queries: HR@K, NDCG@K, MRR, AUC, score, num_users, protocol."""
+             seed: int = 0, amp_dtype: torch.dtype | None = None, protocol: str | None = None,
+             candidates: np.ndarray | None = None) -> dict:
+    """Mean metrics over the queries: HR@K, NDCG@K, MRR, AUC, score, num_users, protocol
+    (`protocol` names it; default "full" or "sampled-N"). Queries with weights add the
+    weighted HR@10 / NDCG@10 / score. candidates (C,) item ids: rank against this pool only
+    (full ranking); a target outside it is a miss."""
     was_training = model.training
     model.eval()
     try:
@@ -44,18 +49,32 @@ def evaluate(model, seqs: SequenceData, queries: Queries, itemnum: int, maxlen: 
         acc = MetricAccumulator()
         gen = torch.Generator(device="cpu").manual_seed(seed)
         chunk = max(1, min(batch_size, SCORE_BUDGET // (itemnum + 1)))
+        pool = _pool_mask(candidates, itemnum, device)
         for b in range(0, len(queries.targets), chunk):
             rows = np.arange(b, min(b + chunk, len(queries.targets)))
             ranks, n = _chunk_ranks(model, seqs, queries, rows, items, maxlen, device,
-                                    filter_seen, sampled, gen, amp_dtype)
-            acc.add(ranks, n)
-        return acc.result(protocol_name(sampled))
+                                    filter_seen, sampled, gen, amp_dtype, pool)
+            weights = None if queries.weights is None else torch.from_numpy(queries.weights[rows])
+            acc.add(ranks, n, weights)
+        return acc.result(protocol or protocol_name(sampled))
     finally:
         model.train(was_training)
 
 
+def _pool_mask(candidates: np.ndarray | None, itemnum: int, device) -> torch.Tensor | None:
+    """(itemnum + 1,) bool, True for the candidate pool's items; None: every item."""
+    if candidates is None:
+        return None
+    ids = np.asarray(candidates, dtype=np.int64)
+    if len(ids) and (ids.min() < 1 or ids.max() > itemnum):
+        raise ValueError(f"candidate pool: item ids must be in 1..{itemnum}")
+    pool = torch.zeros(itemnum + 1, dtype=torch.bool)
+    pool[torch.from_numpy(ids)] = True
+    return pool.to(device)
+
+
 def _chunk_ranks(model, seqs, queries, rows, items, maxlen, device, filter_seen, sampled, gen,
-                 amp_dtype):
+                 amp_dtype, pool=None):
     inputs = queries.inputs.take(rows)
     arrays = query_arrays(seqs, inputs, maxlen)
     targets = torch.from_numpy(queries.targets[rows]).to(device)
@@ -70,7 +89,15 @@ def _chunk_ranks(model, seqs, queries, rows, items, maxlen, device, filter_seen,
                              similarity(q[:, None, :], items[cands]))
     scores = similarity.score_all(q, items)
     exclude = seen_mask(hist, offsets, len(items)) if filter_seen else None
-    return target_ranks(scores, targets, exclude)
+    if pool is None:
+        return target_ranks(scores, targets, exclude)
+    outside = ~pool.expand(len(rows), -1)
+    ranks, n = target_ranks(scores, targets, outside if exclude is None else exclude | outside)
+    # A target outside the pool cannot be retrieved: a miss however small the pool, so it is
+    # ranked HEADLINE_K places below every candidate (HR@10 = NDCG@10 = AUC = 0).
+    missed = ~pool[targets]
+    past = n + HEADLINE_K
+    return torch.where(missed, past, ranks), torch.where(missed, past, n)
 
 
 def _autocast(device, dtype):

@@ -29,8 +29,8 @@ import objective
 import run_folders
 import run_summary
 import tb_meta
-from batching import SPLITS, Queries, TrainBatches, item_counts, leave_one_out_split, \
-    random_user_split, training_arrays
+from batching import SPLITS, Queries, TrainBatches, competition_split, item_counts, \
+    leave_one_out_split, random_user_split, training_arrays
 from cli_types import (device_name, finite_float, int_at_least, non_negative_float,
                        non_negative_int, positive_float, positive_int, unit_interval,
                        unit_interval_right_open)
@@ -95,7 +95,9 @@ def _data_flags(g) -> None:
     g.add_argument("--cache_dir", default=None,
                    help="where the parsed data is cached (default: <data_dir>/.cache)")
     g.add_argument("--mm_emb_id", nargs="+", default=None,
-                   help="multimodal feature ids to use from creative_emb/ (default: 81 when present)")
+                   help="multimodal feature ids (any of 81-86) from creative_emb/ (V1) or mm_emb/ "
+                        "(V2), converted once to a float16 table in the cache (default: 81 when "
+                        "present)")
     g.add_argument("--on_bad_record", choices=BAD_RECORD_POLICIES, default="error",
                    help="a malformed record stops the run (error) or is skipped and counted (skip)")
     g.add_argument("--demo_users", type=positive_int, default=3000, help="users of the built-in demo dataset")
@@ -186,8 +188,11 @@ def _sampling_flags(g) -> None:
 def _evaluation_flags(g) -> None:
     g.add_argument("--eval_protocol", choices=SPLITS, default=None,
                    help="random_user: the baseline's 90/10 user split with validation loss; "
-                        "leave_one_out: ranking metrics on each user's last items (default: "
-                        "random_user with --data_dir, as the baseline; leave_one_out on the demo data)")
+                        "leave_one_out: ranking metrics on each user's last items; competition: "
+                        "each user's last conversion, else last click, held out (test) and the one "
+                        "before it (valid), with HR@10, NDCG@10, score and action-weighted ones "
+                        "(default: random_user with --data_dir, as the baseline; leave_one_out on "
+                        "the demo data)")
     g.add_argument("--eval_every", type=positive_int, default=1, help="epochs between validation rankings")
     g.add_argument("--patience", type=non_negative_int, default=0,
                    help="stop after this many rankings without a better valid NDCG@10 (0: never)")
@@ -222,6 +227,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.eval_protocol = "random_user" if args.data_dir else "leave_one_out"
     if args.run_name is None:
         args.run_name = run_folders.default_run_name(args.data_dir)
+    if args.eval_protocol == "competition" and args.eval_sampled:
+        parser.error("--eval_protocol competition ranks against all items or the data's "
+                     "candidate pool, not --eval_sampled")
     for name in ("log_dir", "tb_dir", "ckpt_dir"):
         if getattr(args, name) is None:
             setattr(args, name, run_folders.default_dir(args.run_name, name))
@@ -309,6 +317,8 @@ def ensure_demo_data(args) -> str:
 def make_split(args, data):
     if args.eval_protocol == "leave_one_out":
         return leave_one_out_split(data.seqs)
+    if args.eval_protocol == "competition":
+        return competition_split(data.seqs)
     return random_user_split(data.seqs, valid_share=0.1, seed=args.seed)
 
 
@@ -328,7 +338,8 @@ def feature_tensors(data) -> dict[str, torch.Tensor]:
     tables = {name: torch.from_numpy(np.array(getattr(t, name))) for name in
               ("item_sparse", "item_array", "item_continual",
                "user_sparse", "user_array", "user_continual")}
-    tables.update({f"mm_{fid}": torch.from_numpy(np.array(v)) for fid, v in t.mm.items()})
+    # multimodal tables stay numpy (memory-mapped): the model gathers a batch's rows on the host
+    tables.update({f"mm_{fid}": v for fid, v in t.mm.items()})
     return tables
 
 
@@ -364,6 +375,14 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
         if device.type == "cuda":
             t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
         out[k] = t
+    return out
+
+
+def model_inputs(model, batch: dict[str, np.ndarray], device: torch.device) -> dict:
+    """to_device, plus the batch's multimodal rows gathered on the host from the numpy ids
+    (pinned, non_blocking on CUDA: no sync); `item_mm` is None without multimodal tables."""
+    out = to_device(batch, device)
+    out["item_mm"] = dist.unwrap(model).host_item_mm(batch, device)
     return out
 
 
@@ -472,7 +491,7 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     bar = tqdm(stream, total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
     for i, batch in enumerate(bar):
-        loss = compute_loss(model, to_device(batch, device), args, amp_dtype)
+        loss = compute_loss(model, model_inputs(model, batch, device), args, amp_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -528,7 +547,7 @@ def validation_loss(model, seqs, ranges, args, device, amp_dtype, sampler) -> fl
     batches = TrainBatches(seqs, ranges, args.maxlen, args.batch_size, sampler, seed=0,
                            shuffle=False)
     for batch in batches.epoch(0):
-        total += compute_loss(model, to_device(batch, device), args, amp_dtype)
+        total += compute_loss(model, model_inputs(model, batch, device), args, amp_dtype)
         n += 1
     model.train()
     return float(total) / max(n, 1)
@@ -561,9 +580,25 @@ def validate(model, data, split, args, device, amp_dtype, state, writer) -> dict
 
 
 def run_evaluation(model, data, queries, args, device, amp_dtype) -> dict:
+    competition = args.eval_protocol == "competition"
     return evaluate(dist.unwrap(model), data.seqs, queries, data.itemnum, args.maxlen, device,
                     batch_size=args.eval_batch_size, filter_seen=args.eval_filter_seen,
-                    sampled=args.eval_sampled, seed=args.seed, amp_dtype=amp_dtype)
+                    sampled=args.eval_sampled, seed=args.seed, amp_dtype=amp_dtype,
+                    protocol="competition" if competition else None,
+                    candidates=candidate_pool(data) if competition else None)
+
+
+def candidate_pool(data) -> np.ndarray | None:
+    """The candidate pool the data brings (`candidate_items`: item ids, e.g. the seen items of
+    a V2 candidate/ folder), else None: rank against all items."""
+    pool = getattr(data, "candidate_items", None)
+    if pool is None:
+        return None
+    ids = np.asarray(pool, np.int64)
+    if len(ids) and (ids.min() < 1 or ids.max() > data.itemnum):
+        raise DataError(f"candidate pool: item ids must be in 1..{data.itemnum}, got "
+                        f"{ids.min()}..{ids.max()}")
+    return ids
 
 
 def log_epoch(writer, sampler, state, seconds: float) -> None:

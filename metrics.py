@@ -228,14 +228,21 @@ class MetricAccumulator:
         self.ks = tuple(ks)
         self.names = metric_names(self.ks)
         self._sums: Tensor | None = None  # (M,) float64, created on the first batch's device
+        self._weighted: Tensor | None = None  # (3,) sums of w HR@10, w NDCG@10, w
         self.num_users = 0  # a host int: batch sizes are known without a sync
 
-    def add(self, ranks: Tensor, num_candidates: Tensor) -> None:
-        """ranks (B,), num_candidates (B,) from target_ranks or sampled_ranks."""
+    def add(self, ranks: Tensor, num_candidates: Tensor, weights: Tensor | None = None) -> None:
+        """ranks (B,), num_candidates (B,) from target_ranks or sampled_ranks; weights (B,)
+        per-target weights (competition protocol) add the weighted HR@10 / NDCG@10 / score."""
         per_user = per_user_metrics(ranks, num_candidates, self.ks)
         batch_sums = torch.stack([per_user[name] for name in self.names], dim=1).sum(dim=0)
         self._sums = batch_sums if self._sums is None else self._sums + batch_sums
         self.num_users += ranks.shape[0]
+        if weights is not None:
+            hr, ndcg = weighted_parts(ranks)
+            w = weights.to(device=ranks.device, dtype=torch.float64)
+            part = torch.stack([(w * hr).sum(), (w * ndcg).sum(), w.sum()])
+            self._weighted = part if self._weighted is None else self._weighted + part
 
     def result(self, protocol: str) -> dict:
         """-> {metric name: mean over users (float), "num_users": int, "protocol": str}."""
@@ -243,9 +250,28 @@ class MetricAccumulator:
             raise ValueError("no users were evaluated")
         means = (self._sums / self.num_users).tolist()
         out: dict = dict(zip(self.names, means))
+        if self._weighted is not None:
+            out.update(weighted_result(*self._weighted.tolist()))
         out["num_users"] = self.num_users
         out["protocol"] = protocol
         return out
+
+
+def weighted_parts(ranks: Tensor) -> tuple[Tensor, Tensor]:
+    """ranks (B,) -> per-user HR@10 and NDCG@10 (B,) float64, the weighted metrics' terms."""
+    r = ranks.to(torch.float64)
+    hit = (r <= HEADLINE_K).to(torch.float64)
+    return hit, hit / torch.log2(r + 1.0)
+
+
+def weighted_result(w_hr: float, w_ndcg: float, w_sum: float) -> dict:
+    """The second round's action-weighted metrics. Its normalisation is not published; this is
+    the weighted mean sum_u w_u m_u / sum_u w_u (click 1, conversion 2.5), so a perfect model
+    scores 1 and with clicks only the weighted metrics equal the plain ones."""
+    hr, ndcg = (w_hr / w_sum, w_ndcg / w_sum) if w_sum > 0 else (0.0, 0.0)
+    w_a, w_b = SCORE_WEIGHTS
+    return {"HR@10_weighted": hr, "NDCG@10_weighted": ndcg, "score_weighted": w_a * hr + w_b * ndcg,
+            "weighted_normalisation": "sum(w * metric) / sum(w); w = 1 click, 2.5 conversion"}
 
 
 # ----------------------------------------------------------------------------- checks

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from host_tables import HostTables, ItemMM
 from similarity import DotSimilarity
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
@@ -28,6 +30,15 @@ ATTENTION_IMPLS = ("sdpa", "fast", "fast_full", "autograd")
 FEATURE_FUSIONS = ("dnn", "sum")
 INITS = ("xavier", "normal")
 POSITION_MODES = ("slot", "from_start")
+
+
+def item_lookup_ids(seq, token_type, pos, neg=None, cand=None):
+    """The item ids a forward looks up, flat and in its order: the input items, pos and neg
+    (B, L) each (neg when given), then the candidates cand (M,). numpy arrays (the host side,
+    gathering multimodal rows ahead) or tensors (the forward) alike."""
+    parts = [seq * (token_type == TOKEN_ITEM), pos] + ([] if neg is None else [neg])
+    flat = [p.reshape(-1) for p in parts] + ([] if cand is None else [cand])
+    return np.concatenate(flat) if isinstance(seq, np.ndarray) else torch.cat(flat)
 
 
 class ModelConfigError(ValueError):
@@ -271,7 +282,9 @@ class FeatureEmbedder(nn.Module):
 
     tables: item_sparse (I+1, S) int, item_array (I+1, A, W) int, item_continual (I+1, C) float,
     the same for user_*, and mm_<fid> (I+1, dim) float; row 0 is zeros, so padding and missing
-    values embed to zero exactly as the baseline's filled-in defaults did.
+    values embed to zero exactly as the baseline's filled-in defaults did. The mm_<fid> tables
+    (numpy arrays or memmaps, or CPU tensors) stay on the host (`host_mm`, host_tables.py): only
+    the rows a batch uses reach the device, projected by emb_transform as the baseline does.
     Optional item_emb_id / user_emb_id (rows,) int map a table row to its id-embedding row; by
     default row r uses id r. Inference uses them for cold users and items: rows of their own
     (their features count) whose id embedding is 0 (unseen ids map to 0).
@@ -300,15 +313,18 @@ class FeatureEmbedder(nn.Module):
             for fid in schema[f"{side}_{kind}"]})
         self.emb_transform = nn.ModuleDict({fid: nn.Linear(dim, hidden)
                                             for fid, dim in schema["mm_dims"].items()})
+        self.host_mm = HostTables({fid: tables[f"mm_{fid}"] for fid in schema["mm_dims"]})
         for name, table in tables.items():
-            self.register_buffer(name, table, persistent=False)
+            if not name.startswith("mm_"):
+                self.register_buffer(name, table, persistent=False)
         if fusion == "dnn":
             n_item = 1 + len(schema["item_sparse"]) + len(schema["item_array"]) + len(schema["mm_dims"])
             n_user = 1 + len(schema["user_sparse"]) + len(schema["user_array"])
             self.itemdnn = nn.Linear(hidden * n_item + len(schema["item_continual"]), hidden)
             self.userdnn = nn.Linear(hidden * n_user + len(schema["user_continual"]), hidden)
 
-    def _side(self, side: str, ids: Tensor, id_emb: nn.Embedding) -> list[Tensor]:
+    def _side(self, side: str, ids: Tensor, id_emb: nn.Embedding,
+              item_mm: ItemMM | None = None) -> list[Tensor]:
         emb_id = getattr(self, f"{side}_emb_id", None)
         parts = [id_emb(ids if emb_id is None else emb_id[ids])]
         sparse = getattr(self, f"{side}_sparse")[ids]
@@ -317,16 +333,28 @@ class FeatureEmbedder(nn.Module):
         arrays = getattr(self, f"{side}_array")[ids]
         parts += [self.sparse_emb[fid](arrays[..., j, :]).sum(-2)
                   for j, fid in enumerate(self.schema[f"{side}_array"])]
-        if side == "item":
-            parts += [self.emb_transform[fid](getattr(self, f"mm_{fid}")[ids])
-                      for fid in self.schema["mm_dims"]]
+        if side == "item" and self.schema["mm_dims"]:
+            parts += self._mm_parts(ids, item_mm)
         if self.schema[f"{side}_continual"]:
             parts.append(getattr(self, f"{side}_continual")[ids].to(parts[0].dtype))
         return parts
 
-    def items(self, ids: Tensor) -> Tensor:
-        """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector."""
-        return self._fuse(self._side("item", ids, self.item_emb), "itemdnn")
+    def _mm_parts(self, ids: Tensor, item_mm: ItemMM | None) -> list[Tensor]:
+        """(...) ids -> per multimodal feature (..., D): each distinct id's row projected once,
+        then expanded. item_mm: the rows gathered on the host ahead of time (no sync); None
+        gathers them from `ids` here (a device-to-host copy of the ids)."""
+        uniq, rows = item_mm if item_mm is not None else self.host_mm.gather_tensor(ids)
+        inverse = torch.searchsorted(uniq, ids)  # uniq is sorted and holds every id looked up
+        out = []
+        for fid, r in zip(self.schema["mm_dims"], rows):
+            linear = self.emb_transform[fid]
+            out.append(F.embedding(inverse, linear(r.to(linear.weight.dtype))))
+        return out
+
+    def items(self, ids: Tensor, item_mm: ItemMM | None = None) -> Tensor:
+        """Item ids (...) -> item part (..., D); id 0 gives the padding item's vector.
+        item_mm: see _mm_parts."""
+        return self._fuse(self._side("item", ids, self.item_emb, item_mm), "itemdnn")
 
     def users(self, ids: Tensor) -> Tensor:
         """User ids (...) -> user part (..., D)."""
@@ -461,41 +489,56 @@ class BaseModel(nn.Module):
         return ((causal & nonpad[:, None, :]) | eye).unsqueeze(1)
 
     def forward(self, seq: Tensor, token_type: Tensor, pos: Tensor, neg: Tensor | None,
-                cand: Tensor | None = None, vectors: bool = False) -> tuple:
+                cand: Tensor | None = None, vectors: bool = False,
+                item_mm: ItemMM | None = None) -> tuple:
         """(B, L) int each -> pos_logits, neg_logits (B, L).
 
         With vectors=True the similarity is left to the loss: -> (feats, pos, neg) (B, L, D)
         each (neg None when not given) and the vectors of the candidate ids cand (M,) -> (M, D)
-        (None when not given). Losses go through forward so a DDP wrapper sees the call."""
-        seq_items = seq * (token_type == TOKEN_ITEM)
-        lookups = torch.stack([seq_items, pos] if neg is None else [seq_items, pos, neg])
-        cand_vecs = None
-        if cand is None:
-            item_vecs = self._item_lookup(lookups)  # (2 or 3, B, L, D)
-        else:  # one lookup for all ids, so itemdnn runs over the catalogue at most once
-            flat = self._item_lookup(torch.cat([lookups.reshape(-1), cand]))
-            item_vecs = flat[:lookups.numel()].view(*lookups.shape, -1)
-            cand_vecs = flat[lookups.numel():]
-        # unbind, not item_vecs[i]: each indexing's backward would zero-fill a full-size
-        # gradient; unbind's stacks the parts once
-        seq_vecs, pos_vecs, *rest = item_vecs.unbind(0)
+        (None when not given). Losses go through forward so a DDP wrapper sees the call.
+        item_mm: the multimodal rows of (at least) these ids, from `host_item_mm` on the batch's
+        host arrays (None: gathered here, which on CUDA copies the ids to the host: a sync)."""
+        ids = item_lookup_ids(seq, token_type, pos, neg, cand)  # one lookup for every id, so
+        flat = self._item_lookup(ids, item_mm)                   # itemdnn runs at most once
+        slots = 2 if neg is None else 3
+        per_slot = flat if cand is None else flat[:slots * seq.numel()]
+        # unbind, not indexing: each indexing's backward would zero-fill a full-size gradient
+        seq_vecs, pos_vecs, *rest = per_slot.view(slots, *seq.shape, -1).unbind(0)
         neg_vecs = rest[0] if rest else None
+        cand_vecs = None if cand is None else flat[slots * seq.numel():]
         feats = self.log2feats(seq, token_type, item_part=seq_vecs)
         if vectors:
             return feats, pos_vecs, neg_vecs, cand_vecs
         return self.similarity(feats, pos_vecs), self.similarity(feats, neg_vecs)
 
-    def _item_lookup(self, ids: Tensor) -> Tensor:
+    def _item_lookup(self, ids: Tensor, item_mm: ItemMM | None = None) -> Tensor:
         """ids (...) -> item parts (..., D). When the catalogue is smaller than the number of
         lookups, itemdnn runs once over every item and the batch gathers rows of the result:
         the same numbers, with itemdnn's cost bound by the catalogue instead of B x L x 3."""
+        if not self._whole_catalogue(ids.numel()):
+            return self.features.items(ids, item_mm)
         num_rows = self.features.item_sparse.shape[0]
-        if num_rows > ids.numel():
-            return self.features.items(ids)
-        if self.features.item_emb.sparse:  # a whole-catalogue pass would densify the gradient
-            return self.features.items(ids)
-        table = self.features.items(torch.arange(num_rows, device=ids.device))
+        every = self.features.host_mm.gather(np.arange(num_rows), ids.device)  # host ids: no sync
+        table = self.features.items(torch.arange(num_rows, device=ids.device), every)
         return F.embedding(ids, table)
+
+    def _whole_catalogue(self, lookups: int) -> bool:
+        # with sparse embeddings a whole-catalogue pass would densify the gradient
+        return self.features.item_sparse.shape[0] <= lookups and not self.features.item_emb.sparse
+
+    def host_item_mm(self, batch: dict[str, np.ndarray], device) -> ItemMM | None:
+        """The `item_mm` forward needs, gathered from the batch's host arrays before they go to
+        the device: the rows of every item id the batch holds (inputs, pos, neg and shared
+        candidates, whichever it has), so it serves whichever of them the loss looks up. None
+        when there is no multimodal table or forward does not need it (the whole-catalogue
+        path gathers every row itself)."""
+        if not len(self.features.host_mm):
+            return None
+        ids = item_lookup_ids(batch["seq"], batch["token_type"], batch["pos"], batch.get("neg"),
+                              batch.get("cand"))
+        if self._whole_catalogue(ids.size):
+            return None
+        return self.features.host_mm.gather(ids, device)
 
     def predict(self, seq: Tensor, token_type: Tensor) -> Tensor:
         """(B, L) -> (B, D): the representation at the last (newest) slot."""

@@ -122,14 +122,16 @@ def objective_loss(model, raw, batch: dict[str, Tensor], obj: Objective) -> Tens
     catalogue size); batch: TrainBatches arrays on the device -> the scalar loss."""
     seq, token_type, pos = batch["seq"], batch["token_type"], batch["pos"]
     if obj.loss.per_position:
-        feats, pos_v, neg_v, _ = model(seq, token_type, pos, batch["neg"], vectors=True)
+        feats, pos_v, neg_v, _ = model(seq, token_type, pos, batch["neg"], vectors=True,
+                                       item_mm=batch.get("item_mm"))
         weight = ((batch["next_token_type"] == TOKEN_ITEM) & (pos != 0)).float()
         return obj.loss(LossInputs(raw.similarity, feats, pos_v, weight, obj.tau, neg=neg_v,
                                    neg_weight=weight * (batch["neg"] != 0)))
     num_items = raw.item_emb.num_embeddings - 1
     cand_ids = (torch.arange(1, num_items + 1, device=seq.device) if obj.loss.all_items
                 else batch["cand"])
-    feats, pos_v, _, cand_v = model(seq, token_type, pos, None, cand_ids, vectors=True)
+    feats, pos_v, _, cand_v = model(seq, token_type, pos, None, cand_ids, vectors=True,
+                                    item_mm=batch.get("item_mm"))
     idx = batch["target_index"]  # (n,) the positions that count: no padding in the scores
     query = feats.reshape(-1, feats.shape[-1]).index_select(0, idx)
     pos_v = pos_v.reshape(-1, pos_v.shape[-1]).index_select(0, idx)

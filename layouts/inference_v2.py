@@ -54,11 +54,10 @@ def load_inference_v2(data_dir: str | Path, schema: ds.FeatureSchema | None = No
     itemnum, usernum = len(indexer["i"]), len(indexer["u"])
     if schema is None:
         schema = v2.discover_schema(data_dir, files, indexer["f"])
-        schema.mm_dims = dict.fromkeys(v2.resolve_mm_ids(data_dir, mm_emb_ids), 0)
+        schema.mm_dims = {fid: ds.mm_dim(ds.find_mm_source(data_dir, fid))
+                          for fid in ds.resolve_mm_ids(data_dir, mm_emb_ids)}
     else:
         inf._check_vocab(schema, indexer, data_dir)
-    if schema.mm_dims:  # the same call site as training: layouts/mm.py, once merged
-        v2.resolve_mm_ids(data_dir, list(schema.mm_dims))
     items = v2.read_features(files["item_feat"], "item", itemnum, schema, bad)
     users = v2.read_features(files["user_feat"], "user", usernum, schema, bad)
     has_item_features = bool(schema.item_sparse or schema.item_array or schema.item_continual)
@@ -70,6 +69,8 @@ def load_inference_v2(data_dir: str | Path, schema: ds.FeatureSchema | None = No
     cand_rid = np.asarray([known.get(int(o), 0) for o in oids], np.int64)
     cand_rid[cand_rid > itemnum] = 0
     tables, item_emb_id, cand_rows = _item_rows(items, users, sparse, cand_rid, itemnum)
+    # candidates' vectors by their own OID (also the unseen ones), as V1 inference does
+    tables.mm = inf._mm_tables(data_dir, schema, known, itemnum, [int(o) for o in oids])
     raw_user = {rid: raw for raw, rid in indexer["u"].items()}
     names = [raw_user.get(int(u), int(u)) for u in seqs.line_user]
     stats = {"lines": seqs.num_lines, "candidates": len(oids),

@@ -510,18 +510,6 @@ def _append_lines(users, row_ok, ev_row, items, action, keep, user_profile, line
 
 # --------------------------------------------------------------------------- the parse
 
-def resolve_mm_ids(data_dir: Path, mm_emb_ids: list[str] | None) -> list[str]:
-    """The multimodal families to load. Until layouts/mm.py is merged none is read: the default
-    is none, and asking for one is a clear error rather than a silent zero table."""
-    if not mm_emb_ids:
-        if (Path(data_dir) / MM_FOLDER).is_dir():
-            log.info("%s: multimodal tables are not read for V2 yet (layouts/mm.py)",
-                     Path(data_dir) / MM_FOLDER)
-        return []
-    raise ds.DataError(f"{Path(data_dir) / MM_FOLDER}: --mm_emb_id {' '.join(mm_emb_ids)}: "
-                       "multimodal tables of the V2 layout are not read yet (layouts/mm.py)")
-
-
 def item_oid_to_rid(indexer_i: dict) -> dict[int, int]:
     """indexer['i'] with every OID as an int: the pickle keys are ints, mm_emb's anonymous_cid
     and some copies use decimal strings (§2 of the spec); one type avoids the silent misses."""
@@ -534,20 +522,20 @@ def item_oid_to_rid(indexer_i: dict) -> dict[int, int]:
     return out
 
 
-def multimodal_tables(data_dir: Path, mm_emb_ids: list[str], indexer: dict,
-                      itemnum: int, on_bad_record: str) -> tuple[dict, dict]:
-    """-> (mm_dims, {fid: (I+1, dim) table}).
+def multimodal_tables(data_dir: Path, mm_emb_ids: list[str], indexer: dict, itemnum: int,
+                      on_bad_record: str, mm_dir: Path | None) -> tuple[dict, dict]:
+    """-> (mm_dims, {fid: (I+1, dim) float16 memmap}) from mm_emb/emb_<fid>_<dim>_parquet/,
+    converted by the shared streaming conversion (layouts/mm.py) with every OID as an int."""
+    if not mm_emb_ids:
+        return {}, {}
+    dims = {fid: ds.mm_dim(ds.find_mm_source(data_dir, fid)) for fid in mm_emb_ids}
+    tables = ds.convert_mm_tables(data_dir, mm_emb_ids, item_oid_to_rid(indexer["i"]), itemnum,
+                                  mm_dir, on_bad_record)
+    return dims, tables
 
-    MULTIMODAL CALL SITE (#14 item 2). layouts/mm.py is not merged yet, so `mm_emb_ids` is
-    always [] here (resolve_mm_ids refuses others). Once it is, each fid becomes
-        info = mm.convert_mm_table(data_dir, fid, item_oid_to_rid(indexer['i']), itemnum,
-                                   out_path, on_bad_record)
-    and the float16 memory map it writes at out_path goes into the returned tables."""
-    assert not mm_emb_ids, "V2 multimodal tables need layouts/mm.py"
-    return {}, {}
 
-
-def parse_v2(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> ds.Dataset:
+def parse_v2(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str,
+             mm_dir: Path | None = None) -> ds.Dataset:
     """Parse a V2 directory into a Dataset (see the module docstring)."""
     data_dir = Path(data_dir)
     bad = ds.BadRecords(on_bad_record)
@@ -568,7 +556,8 @@ def parse_v2(data_dir: Path, mm_emb_ids: list[str], on_bad_record: str) -> ds.Da
     unused[seqs.line_user] = False
     for table in (users.sparse, users.array, users.cont):
         table[unused] = 0
-    schema.mm_dims, mm = multimodal_tables(data_dir, mm_emb_ids, indexer, itemnum, on_bad_record)
+    schema.mm_dims, mm = multimodal_tables(data_dir, mm_emb_ids, indexer, itemnum,
+                                           on_bad_record, mm_dir)
     tables = ds.FeatureTables(items.sparse, items.array, items.cont,
                               users.sparse, users.array, users.cont, mm=mm)
     stats.update(bad_records_skipped=bad.count, layout="v2",

@@ -73,7 +73,7 @@ class _Stub(torch.nn.Module):
         self.similarity = DotSimilarity()
         self.item_emb = torch.nn.Embedding(items.shape[0], 1)
 
-    def forward(self, seq, token_type, pos, neg, cand=None, vectors=False):
+    def forward(self, seq, token_type, pos, neg, cand=None, vectors=False, item_mm=None):
         return self.feats, self.items[pos], None, self.items[cand]
 
 

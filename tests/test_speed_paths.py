@@ -170,9 +170,14 @@ def _reference_items(f, ids, relu=True):
     parts += [f.sparse_emb[fid](f.item_sparse[ids, j]) for j, fid in enumerate(s["item_sparse"])]
     parts += [f.sparse_emb[fid](f.item_array[ids, j]).sum(-2)
               for j, fid in enumerate(s["item_array"])]
-    parts += [f.emb_transform[fid](getattr(f, f"mm_{fid}")[ids]) for fid in s["mm_dims"]]
+    parts += [f.emb_transform[fid](_host_table(f, fid)[ids]) for fid in s["mm_dims"]]
     parts += [f.item_continual[ids]] if s["item_continual"] else []
     return _reference_fuse(f, parts, getattr(f, "itemdnn", None), relu)
+
+
+def _host_table(f, fid) -> torch.Tensor:
+    """The whole multimodal table as a float32 tensor (the model gathers it per batch)."""
+    return torch.from_numpy(np.array(f.host_mm.tables[fid], dtype=np.float32))
 
 
 def _reference_users(f, ids, relu=True):
@@ -352,10 +357,13 @@ def test_step_flops_matches_torch_flop_counter(demo_data, extra):
     with FlopCounterMode(display=False) as counter:
         loss = main.compute_loss(model, batch, _args(*extra), None)
         loss.backward()
-    counted = bench.step_flops(model, b, n)
+    # the per-token path projects each distinct item's multimodal rows once
+    distinct = len(torch.unique(torch.stack([batch["seq"] * (batch["token_type"] == 1),
+                                             batch["pos"], batch["neg"]])))
+    counted = bench.step_flops(model, b, n, mm_rows=distinct)
     rows = model.features.item_sparse.shape[0]
     if rows > 3 * b * n or model.features.item_emb.sparse:
-        rows = 3 * b * n
+        rows = distinct
     mm_input_grad = sum(2 * rows * lin.in_features * model.hidden
                         for lin in model.features.emb_transform.values())
     logits = 3 * 2 * 2 * b * n * model.hidden

@@ -33,6 +33,10 @@ def assert_same(a, b):
         np.testing.assert_array_equal(getattr(a.tables, name), getattr(b.tables, name),
                                       err_msg=name)
     np.testing.assert_array_equal(a.item_valid, b.item_valid)
+    assert a.tables.mm.keys() == b.tables.mm.keys()
+    for fid in a.tables.mm:
+        np.testing.assert_array_equal(np.asarray(a.tables.mm[fid]), np.asarray(b.tables.mm[fid]),
+                                      err_msg=f"mm {fid}")
     assert a.schema.to_dict() == b.schema.to_dict()
     assert (a.itemnum, a.usernum) == (b.itemnum, b.usernum)
 
@@ -41,11 +45,12 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("parts,row_group", [(1, None), (3, 1)])
 def test_same_data_as_v1_and_v2_parses_identically(tmp_path, parts, row_group):
-    write_v1_dataset(tmp_path / "v1", small_users(), small_items(), SMALL_KINDS)
+    write_v1_dataset(tmp_path / "v1", small_users(), small_items(), SMALL_KINDS, small_mm())
     write_v2_dataset(tmp_path / "v2", small_users(), small_items(), SMALL_KINDS, small_mm(),
                      parts=parts, row_group_size=row_group)
     a = load_dataset(tmp_path / "v1", use_cache=False)
     b = load_dataset(tmp_path / "v2", use_cache=False)
+    assert a.tables.mm  # the multimodal vectors (feature 81, read by default) take part too
     assert_same(a, b)
     # alice's null action is its own state in both, bob's action type 2 kept
     assert ACTION_NULL in b.seqs.tok_action.tolist() and 2 in b.seqs.tok_action.tolist()
@@ -282,11 +287,13 @@ def test_missing_item_feat_folder(tmp_path):
         load_dataset(d, use_cache=False)
 
 
-def test_v2_mm_ids_refused_until_the_mm_reader_lands(tmp_path):
+def test_v2_mm_ids_read_from_mm_emb_and_an_absent_family_is_an_error(tmp_path):
     d = tmp_path / "v2"
     write_v2_dataset(d, small_users(), small_items(), SMALL_KINDS, small_mm())
-    with pytest.raises(DataError, match="not read yet"):
-        load_dataset(d, mm_emb_ids=["81"], use_cache=False)
+    data = load_dataset(d, mm_emb_ids=["81"], use_cache=False)
+    assert list(data.schema.mm_dims) == ["81"] and data.tables.mm["81"].dtype == np.float16
+    with pytest.raises(DataError, match="mm_emb/emb_82_<dim>_parquet"):
+        load_dataset(d, mm_emb_ids=["82"], use_cache=False)
 
 
 def test_writer_matches_v1_users_given_by_generator(tmp_path):
