@@ -299,7 +299,11 @@ def load_data(args):
         raise DataError(f"--data_dir {data_dir}: the folder does not exist"
                         + ("" if Path(data_dir).parent.is_dir()
                            else f" (nor its parent {Path(data_dir).parent})"))
-    return load_dataset(data_dir, args.cache_dir, args.mm_emb_id, args.on_bad_record)
+    data = load_dataset(data_dir, args.cache_dir, args.mm_emb_id, args.on_bad_record)
+    if args.eval_protocol == "competition" and data.stats.get("layout") == "v2":
+        from layouts.inference_v2 import candidate_item_rids
+        data.candidate_items = candidate_item_rids(data_dir)  # rank against candidate/, if any
+    return data
 
 
 def ensure_demo_data(args) -> str:

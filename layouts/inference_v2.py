@@ -98,6 +98,28 @@ def _item_rows(items: v2.SideTables, users: v2.SideTables, cand_sparse: np.ndarr
     return tables, item_emb_id, cand_rows
 
 
+def candidate_item_rids(data_dir: str | Path) -> np.ndarray | None:
+    """The item RIDs of candidate/ that are known items (sorted, distinct): the pool the
+    offline competition protocol ranks against; None when the directory has no candidate/."""
+    data_dir = Path(data_dir)
+    files = v2.part_files(data_dir, "candidate")
+    if not files:
+        return None
+    known = v2.item_oid_to_rid(inf._load_indexer(data_dir, None, None)["i"])
+    rids = set()
+    for path in files:
+        pf = v2.open_parquet(path)
+        oid_col = next((c for c in OID_COLUMNS if c in pf.schema_arrow.names), None)
+        if oid_col is None:
+            raise ds.DataError(f"{path}: expected an OID column (creative_id or item_id)")
+        for g in range(pf.num_row_groups):
+            oids, ok = v2.int_values(v2.read_row_group(pf, path, g, [oid_col]).column(oid_col),
+                                     f"{path}: column {oid_col!r}")
+            rids.update(known.get(int(o), 0) for o in oids[ok])
+    rids.discard(0)
+    return np.array(sorted(rids), np.int64)
+
+
 def read_candidates(files: list[Path], schema: ds.FeatureSchema, cold: ds.BadRecords,
                     bad: ds.BadRecords) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """candidate/ -> (OIDs (N,) int64, retrieval ids (N,) int64, item_sparse (N, S) int64),

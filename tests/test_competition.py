@@ -133,3 +133,17 @@ def test_candidate_pool_from_the_data():
     data.candidate_items = [2, 6]
     with pytest.raises(main_mod.DataError, match=r"candidate pool: item ids must be in 1..5"):
         main_mod.candidate_pool(data)
+
+
+def test_v2_candidate_folder_is_the_pool(tmp_path):
+    """On V2 data with candidate/, the competition protocol ranks against its known items (the
+    demo's pool: every catalogue item, plus OIDs the indexer does not know, which drop out)."""
+    from demo_data import write_demo_dataset
+    from layouts.inference_v2 import candidate_item_rids
+    write_demo_dataset(tmp_path / "v2", num_users=40, num_items=120, seed=0, layout="v2")
+    args = main_mod.parse_args(["--data_dir", str(tmp_path / "v2"), "--eval_protocol",
+                                "competition", "--cache_dir", str(tmp_path / "cache")])
+    data = main_mod.load_data(args)
+    pool = main_mod.candidate_pool(data)
+    assert pool.tolist() == candidate_item_rids(tmp_path / "v2").tolist()
+    assert pool.tolist() == list(range(1, data.itemnum + 1))
