@@ -38,7 +38,7 @@ import checkpoint
 import dataset as dataset_mod
 import main as main_mod
 import safe_pickle
-from conftest import ROOT, read_seq_lines, write_seq_lines
+from conftest import ROOT, read_seq_lines, restored_logging, run_main, write_seq_lines
 from dataset import DataError, load_dataset
 
 TINY = ["--maxlen", "20", "--hidden_units", "16", "--batch_size", "64", "--num_epochs", "1",
@@ -330,30 +330,6 @@ def _mtimes(folder: Path) -> dict[str, int]:
 @pytest.fixture(scope="module", autouse=True)
 def _start_background_early(background):
     yield
-
-
-class restored_logging:
-    """main() reconfigures the root logger (handlers bound to this test's captured stderr and
-    to a train.log in tmp): put the previous handlers back afterwards."""
-
-    def __enter__(self):
-        root = logging.getLogger()
-        self.saved = root.handlers[:], root.level
-        return self
-
-    def __exit__(self, *exc):
-        root = logging.getLogger()
-        for h in root.handlers[:]:
-            if h not in self.saved[0]:
-                root.removeHandler(h)
-                h.close()
-        root.handlers[:], root.level = self.saved
-        return False
-
-
-def run_main(argv: list[str]) -> dict:
-    with restored_logging():
-        return main_mod.main(argv)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -24,11 +22,10 @@ import torch
 
 import checkpoint
 import cli_types
-import dataset as dataset_mod
 import infer
 import main as main_mod
 import tempdirs
-from conftest import SMALL_KINDS, read_seq_lines, small_users, write_seq_lines
+from conftest import read_seq_lines, restored_logging, run_main, write_seq_lines
 from dataset import DataError, load_dataset
 from inference_data import load_inference_dir
 from v1_format import UserHistory, write_inference_dir
@@ -52,28 +49,6 @@ def edit_json(path: Path, change) -> None:
 def run_dirs(base: Path) -> list[str]:
     return ["--log_dir", str(base / "logs"), "--tb_dir", str(base / "tb"),
             "--ckpt_dir", str(base / "ckpt"), "--cache_dir", str(base / "cache")]
-
-
-class restored_logging:
-    """main() rebinds the root logger's handlers: put the previous ones back afterwards."""
-
-    def __enter__(self):
-        root = logging.getLogger()
-        self.saved = root.handlers[:], root.level
-
-    def __exit__(self, *exc):
-        root = logging.getLogger()
-        for h in root.handlers[:]:
-            if h not in self.saved[0]:
-                root.removeHandler(h)
-                h.close()
-        root.handlers[:], root.level = self.saved
-        return False
-
-
-def run_main(argv: list[str]) -> dict:
-    with restored_logging():
-        return main_mod.main(argv)
 
 
 def cli_error(argv: list[str], monkeypatch, capsys, module=main_mod) -> str:
