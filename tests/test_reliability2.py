@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -24,14 +23,13 @@ import torch
 
 import checkpoint
 import cli_types
-import dataset as dataset_mod
 import infer
 import main as main_mod
 import tempdirs
-from conftest import SMALL_KINDS, read_seq_lines, small_users, write_seq_lines
+from conftest import read_seq_lines, write_seq_lines
 from dataset import DataError, load_dataset
-from inference_data import load_inference_dir
-from v1_format import UserHistory, write_inference_dir
+from layouts.inference_v1 import load_inference_dir
+from layouts.write_v1 import UserHistory, write_inference_dir
 
 TINY = ["--maxlen", "20", "--hidden_units", "16", "--batch_size", "64", "--num_epochs", "1",
         "--device", "cpu", "--seed", "5"]
