@@ -37,7 +37,7 @@ import numpy as np
 
 import safe_pickle
 from cli_types import int_at_least, non_negative_int, positive_int
-from v1_format import UserHistory, write_inference_dir, write_v1_dataset
+from layouts.write_v1 import UserHistory, write_inference_dir, write_v1_dataset
 
 log = logging.getLogger(__name__)
 

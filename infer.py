@@ -2,7 +2,7 @@
 
     python infer.py --eval_data_dir DIR --state_dict_path CKPT --output FILE.json
 
-Reads top to bottom: flags -> checkpoint -> inference data (inference_data.py) -> model ->
+Reads top to bottom: flags -> checkpoint -> inference data (layouts/inference_v1.py) -> model ->
 candidate vectors -> query vectors -> top-k (exact or faiss) -> outputs.
 
 Outputs:
@@ -37,7 +37,7 @@ from cli_types import device_name, positive_int
 from batching import Ranges, query_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, FeatureSchema
 import seen as seen_filter
-from inference_data import InferenceData
+from layouts.inference_v1 import InferenceData
 from layouts.inference_v2 import load_inference
 from main import AMP_DTYPES, autocast, build_model, feature_tensors, resolve_device, to_device
 from main import build_parser as training_parser

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from v1_format import UserHistory, write_v1_dataset
+from layouts.write_v1 import UserHistory, write_v1_dataset
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Read a V2 directory for inference (../shared/docs/data-format-v2.md §7, §9): the users of seq/
-and the candidate pool of candidate/, into the `inference_data.InferenceData` infer.py scores.
+and the candidate pool of candidate/, into the `layouts.inference_v1.InferenceData` infer.py scores.
 
 Rows of the item tables:
     0                 padding
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import dataset as ds
-import inference_data as inf
+from layouts import inference_v1 as inf
 from layouts import v2
 
 log = logging.getLogger(__name__)

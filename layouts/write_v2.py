@@ -1,6 +1,6 @@
 """Writer of the V2 layout (the public parquet release, ../shared/docs/data-format-v2.md).
 
-`write_v2_dataset` takes the same raw input as `v1_format.write_v1_dataset` (and assigns ids the
+`write_v2_dataset` takes the same raw input as `layouts.write_v1.write_v1_dataset` (and assigns ids the
 same way, first-seen order), so one dataset written both ways parses to identical arrays. It writes
 
     seq/part-*.parquet        user_id int64, seq list<struct<item_id int64, action_type int32
@@ -28,8 +28,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import v1_format as v1
-from v1_format import RawId, UserHistory
+from layouts import write_v1 as v1
+from layouts.write_v1 import RawId, UserHistory
 
 CANDIDATE_SCHEMAS = ("public", "official")
 SEQ_EVENT = pa.struct([("item_id", pa.int64()), ("action_type", pa.int32()),
@@ -84,7 +84,7 @@ def write_v2_dataset(
 ) -> dict[str, Any]:
     """Write a V2 directory at `out_dir`; returns a summary of counts.
 
-    users, item_features, feature_kinds, mm_embeddings: as v1_format.write_v1_dataset (ids are
+    users, item_features, feature_kinds, mm_embeddings: as layouts.write_v1.write_v1_dataset (ids are
     assigned identically). Raw user ids map to RIDs 1..U in `users` order; a user whose
     `features` is None gets no user_feat row. candidates: dicts {"creative_id": raw OID,
     "retrieval_id": int, "features": {fid: raw value or None}}; a value the indexer knows is
@@ -126,7 +126,7 @@ def write_v2_dataset(
 
 
 def _sequences(users: Iterable[UserHistory], kinds, ids) -> tuple[pa.Table, dict[int, dict]]:
-    """-> (seq table, {user RID: mapped profile features}); ids as v1_format assigns them."""
+    """-> (seq table, {user RID: mapped profile features}); ids as layouts.write_v1 assigns them."""
     user_ids, lengths, items, actions, nulls, stamps, profiles = [], [], [], [], [], [], {}
     for user in users:
         u = ids.user(v1._plain(user.raw_user_id))

@@ -17,7 +17,7 @@ from batching import (Ranges, TrainBatches, all_lines, item_histories, leave_one
                       query_arrays, random_user_split, training_arrays, window_index)
 from dataset import SequenceData, load_dataset
 from sampling import SmartNegativeSampler, build_sampler
-from v1_format import UserHistory, write_v1_dataset
+from layouts.write_v1 import UserHistory, write_v1_dataset
 
 ITEM, PROFILE = 1, 2
 KINDS = {"10": "item_sparse", "11": "item_array", "20": "user_sparse", "21": "user_continual"}

@@ -1,7 +1,7 @@
 """Property tests: random corruptions of a small V1 directory end in a sane load or a DataError.
 
 Every example copies a pristine directory (conftest.small_users / small_items / small_mm,
-written by v1_format) into a fresh temporary folder, corrupts one file, and loads it with
+written by layouts/write_v1) into a fresh temporary folder, corrupts one file, and loads it with
 `load_dataset`. The only acceptable outcomes are
 - a successful load whose arrays are self-consistent (ids inside the indexer, offsets monotone,
   sparse ids inside their vocabularies), or
@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from conftest import SMALL_KINDS, small_items, small_mm, small_users
 from dataset import DataError, load_dataset
-from v1_format import write_v1_dataset
+from layouts.write_v1 import write_v1_dataset
 
 FAST = settings(derandomize=True, database=None, deadline=None, max_examples=40,
                 suppress_health_check=[HealthCheck.too_slow], print_blob=False)
@@ -156,7 +156,7 @@ def apply_byte_op(data: bytes, op) -> bytes:
 
 
 def split_lines(data: bytes) -> list[bytes]:
-    """Lines as dataset.py iterates them (split on b'\\n' only, newline kept)."""
+    """Lines as layouts/v1.py iterates them (split on b'\\n' only, newline kept)."""
     return list(io.BytesIO(data))
 
 

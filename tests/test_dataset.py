@@ -1,7 +1,7 @@
-"""dataset.py: a generated V1 directory read back into the right tables, the multimodal formats,
+"""dataset.py and layouts/v1.py: a generated V1 directory read back into the right tables, the multimodal formats,
 the restricted unpickler, the parse cache, schema discovery and every DataError path.
 
-The directories are written by v1_format.write_v1_dataset (conftest.small_v1: items 9001..9006,
+The directories are written by layouts.write_v1.write_v1_dataset (conftest.small_v1: items 9001..9006,
 users alice (profile last), bob (profile first), carol (no profile), dave (no items)), and
 the expected values are looked up through the indexer.pkl that the writer produced.
 """
@@ -15,11 +15,11 @@ import pickle
 import numpy as np
 import pytest
 
-import dataset as dataset_mod
 from conftest import SMALL_KINDS, read_seq_lines, small_items, small_mm, small_users, \
     write_seq_lines
 from dataset import ACTION_NULL, DataError, load_dataset
-from v1_format import UserHistory, write_v1_dataset
+from layouts import v1 as v1_layout
+from layouts.write_v1 import UserHistory
 
 
 def _indexer(data_dir):
@@ -269,13 +269,13 @@ def test_truncated_pickle(small_v1):
 
 def _count_parses(monkeypatch) -> list:
     calls = []
-    real = dataset_mod._parse
+    real = v1_layout.parse_v1
 
     def counting(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(dataset_mod, "_parse", counting)
+    monkeypatch.setattr(v1_layout, "parse_v1", counting)
     return calls
 
 

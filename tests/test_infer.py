@@ -1,5 +1,5 @@
-"""infer.py and inference_data.py end to end: tiny models trained by main.main on generated data,
-inference directories written by demo_data / v1_format, outputs checked against a slow reference
+"""infer.py and layouts/inference_v1.py end to end: tiny models trained by main.main on generated data,
+inference directories written by demo_data / layouts.write_v1, outputs checked against a slow reference
 (per-user windows built by hand, pairwise scoring with model.similarity)."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import infer
 from conftest import DEMO_ITEMS, DEMO_USERS
 from dataset import TOKEN_ITEM, TOKEN_PROFILE, DataError, FeatureSchema
 from demo_data import write_demo_inference_dir
-from inference_data import load_inference_dir
-from v1_format import UserHistory, write_inference_dir, write_v1_dataset
+from layouts.inference_v1 import load_inference_dir
+from layouts.write_v1 import UserHistory, write_inference_dir, write_v1_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 MAXLEN = 20

@@ -215,7 +215,7 @@ def test_empty_dataset(small_v1, how):
 # --------------------------------------------------------------------------- skip policies
 
 def test_user_without_items_is_skipped_and_counted(small_v1, caplog):
-    caplog.set_level(logging.INFO, logger="dataset")
+    caplog.set_level(logging.INFO, logger="layouts.v1")  # the V1 parse logs its summary
     data = load_dataset(small_v1, use_cache=False)
     assert data.stats["lines_without_items"] == 1  # dave
     assert data.seqs.num_lines == 3 and 4 not in np.asarray(data.seqs.line_user).tolist()
@@ -234,7 +234,7 @@ def test_on_bad_record_skip_counts_and_logs(small_v1, caplog, tmp_path):
     _three_bad_records(small_v1)
     with pytest.raises(DataError, match=re.escape(f"{small_v1 / 'seq.jsonl'}:1: record 0")):
         load_dataset(small_v1, cache_dir=tmp_path / "cache")
-    caplog.set_level(logging.INFO, logger="dataset")
+    caplog.set_level(logging.INFO, logger="layouts.v1")
     data = load_dataset(small_v1, cache_dir=tmp_path / "cache", on_bad_record="skip")
     assert data.stats["bad_records_skipped"] == 3
     skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -290,7 +290,7 @@ def _run_dirs(base: Path) -> list[str]:
 
 def _small_dir(root: Path) -> Path:
     from conftest import SMALL_KINDS, small_items, small_mm, small_users
-    from v1_format import write_v1_dataset
+    from layouts.write_v1 import write_v1_dataset
     d = root / "data"
     write_v1_dataset(d, small_users(), small_items(), SMALL_KINDS, small_mm(), "pkl")
     return d

@@ -27,8 +27,8 @@ import main as main_mod
 import tempdirs
 from conftest import read_seq_lines, restored_logging, run_main, write_seq_lines
 from dataset import DataError, load_dataset
-from inference_data import load_inference_dir
-from v1_format import UserHistory, write_inference_dir
+from layouts.inference_v1 import load_inference_dir
+from layouts.write_v1 import UserHistory, write_inference_dir
 
 TINY = ["--maxlen", "20", "--hidden_units", "16", "--batch_size", "64", "--num_epochs", "1",
         "--device", "cpu", "--seed", "5"]

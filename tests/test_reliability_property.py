@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import read_seq_lines, write_seq_lines
 from dataset import DataError, load_dataset
-from v1_format import UserHistory, write_v1_dataset
+from layouts.write_v1 import UserHistory, write_v1_dataset
 
 KINDS = {"200": "item_sparse", "203": "item_continual", "300": "user_sparse",
          "302": "user_continual"}

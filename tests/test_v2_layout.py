@@ -19,7 +19,7 @@ from data_rules import finite_float32, not_finite_float32
 from dataset import ACTION_NULL, TOKEN_ITEM, TOKEN_PROFILE, DataError, load_dataset
 from layouts import v2
 from layouts.write_v2 import write_v2_dataset
-from v1_format import UserHistory, write_v1_dataset
+from layouts.write_v1 import UserHistory, write_v1_dataset
 
 SEQ_FIELDS = ("tok_id", "tok_type", "tok_action", "line_offsets", "line_user", "has_profile")
 TABLES = ("item_sparse", "item_array", "item_continual", "user_sparse", "user_array",

@@ -32,10 +32,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data_rules import show
-import dataset  # load_item_feat_dict, discover_schema, mm_dim: the parse training does
+import dataset  # discover_schema, mm_dim: the parse training does
 from dataset import (TOKEN_ITEM, TOKEN_PROFILE, BadRecords, DataError, FeatureSchema,
                      FeatureTables, SequenceData, fill_feature_tables, find_mm_source,
                      json_loads, load_mm_table, load_pickle_checked, resolve_mm_ids)
+from layouts import v1  # load_item_feat_dict, decode_records: the V1 parse training does
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def load_inference_dir(data_dir: str | Path, schema: FeatureSchema | None = None
     indexer = _load_indexer(data_dir, itemnum, usernum)
     itemnum, usernum = len(indexer["i"]), len(indexer["u"])
     # the same reader as training, so the training items get exactly the training features
-    item_feats = dataset.load_item_feat_dict(data_dir / "item_feat_dict.json", itemnum, bad)
+    item_feats = v1.load_item_feat_dict(data_dir / "item_feat_dict.json", itemnum, bad)
     lines = _parse_predict_seq(data_dir, bad)
     candidates = _parse_predict_set(data_dir / "predict_set.jsonl", bad)
 
@@ -204,7 +205,7 @@ def _parse_predict_seq(data_dir: Path, bad: BadRecords) -> list[_Line]:
 def _parse_line(raw: bytes, where: str, bad: BadRecords) -> _Line | None:
     """One line -> _Line, with the baseline's acceptance: a profile needs a user id and a
     feature dict, an item a (possibly cold) id and a feature dict. None: the line is skipped."""
-    records = dataset.decode_records(raw, where, bad)
+    records = v1.decode_records(raw, where, bad)
     if records is None:
         return None
     line = _Line(None, None, [])

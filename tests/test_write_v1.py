@@ -15,7 +15,7 @@ import pytest
 from demo_data import FEATURE_KINDS as DEMO_KINDS
 from demo_data import write_demo_dataset, write_demo_inference_dir
 import safe_pickle
-from v1_format import UserHistory, write_inference_dir, write_v1_dataset
+from layouts.write_v1 import UserHistory, write_inference_dir, write_v1_dataset
 
 KINDS = {
     "100": "item_sparse",
@@ -242,7 +242,7 @@ def test_demo_properties(demo_dir):
     assert {
         fid: kind for kind, fids in d["schema"].items() if kind != "mm_emb_ids" for fid in fids
     } == DEMO_KINDS
-    actions, positions, lengths, follows = collections.Counter(), collections.Counter(), [], []
+    actions, positions, lengths = collections.Counter(), collections.Counter(), []
     successor = {}  # item -> next items seen after it
     for line in d["lines"]:
         profiles = [k for k, r in enumerate(line) if r[1] is None]

@@ -1,6 +1,6 @@
 """Writer of the TAAC 2025 "V1" data layout (see docs/data-format.md).
 
-This module only WRITES data directories; `dataset.py` reads them. Two entry points:
+This module only WRITES data directories; `layouts/v1.py` reads them. Two entry points:
 
 - `write_v1_dataset`: a training directory (seq.jsonl, seq_offsets.pkl, indexer.pkl,
   item_feat_dict.json, creative_emb/, schema.json) from raw ids and raw feature values;
