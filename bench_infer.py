@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=positive_int, default=10, help="items kept per user")
     p.add_argument("--batch_size", type=positive_int, default=512, help="users per scoring step")
     p.add_argument("--score_chunk", type=positive_int, default=None,
-                   help="candidates per scoring step (default as infer.py: "
-                        f"{infer.SCORE_BUDGET} // --batch_size)")
+                   help="candidates per scoring step (default as infer.py's: "
+                        f"{infer.CPU_SCORE_BUDGET} // --batch_size on CPU, "
+                        f"{infer.SCORE_BUDGET} // --batch_size on CUDA)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N or auto")
@@ -63,10 +64,10 @@ def run(args: argparse.Namespace) -> dict:
     queries = random_vectors(args.users, args.dim, gen, device)
     items = random_vectors(args.candidates, args.dim, gen, device)
     sim = DotSimilarity()
+    chunk = args.score_chunk or infer.default_score_chunk(device, args.batch_size)
     start = time.perf_counter()
-    top = infer.topk_exact(sim, queries, items, args.topk, args.batch_size, args.score_chunk)
+    top = infer.topk_exact(sim, queries, items, args.topk, args.batch_size, chunk)
     seconds = time.perf_counter() - start  # top is on the host: the device work is finished
-    chunk = args.score_chunk or infer.SCORE_BUDGET // min(args.batch_size, args.users)
     result = {"users": args.users, "candidates": args.candidates, "dim": args.dim,
               "topk": args.topk, "batch_size": args.batch_size, "score_chunk": chunk,
               "threads": torch.get_num_threads(), "device": str(device),

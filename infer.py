@@ -50,6 +50,9 @@ ENV_DEFAULTS = {"eval_data_dir": "EVAL_DATA_PATH", "result_dir": "EVAL_RESULT_PA
 ANN_METHODS = ("exact", "faiss")
 RESULT_NAME = "top10.json"
 SCORE_BUDGET = 2 ** 24  # scores held at once per exact top-k step (64 MB in fp32)
+# On CPU a 4 MB score block stays in cache: 1.7x the users/s of 64 MB blocks at 1M x 660k x 32
+# (bench_infer.py, docs/speed.md); a GPU wants the large blocks.
+CPU_SCORE_BUDGET = 2 ** 20
 
 
 class InferenceError(Exception):
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score_chunk", type=positive_int, default=None,
                    help="candidates scored per step of the exact top-k (a running top-k merges "
                         "the steps): at most --batch_size x this many scores exist at once; "
-                        f"default {SCORE_BUDGET} // --batch_size (64 MB of fp32 scores)")
+                        f"default {SCORE_BUDGET} // --batch_size on CUDA (64 MB of fp32 scores), "
+                        f"{CPU_SCORE_BUDGET} // --batch_size on CPU (4 MB, cache-sized)")
     p.add_argument("--vector_chunk", type=positive_int, default=65536,
                    help="candidates per forward pass when computing the candidate vectors")
     p.add_argument("--ann", choices=ANN_METHODS, default="exact",
@@ -210,6 +214,13 @@ def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: i
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
 
 
+def default_score_chunk(device, batch_size: int) -> int:
+    """Candidates per exact top-k step when --score_chunk is not given: the device's score
+    budget over the user batch."""
+    budget = CPU_SCORE_BUDGET if torch.device(device).type == "cpu" else SCORE_BUDGET
+    return max(1, budget // batch_size)
+
+
 def check_finite_vectors(vectors: Tensor, what: str, names: list) -> None:
     """(N, D) vectors -> InferenceError naming the first row with a NaN or inf. The last
     defence: topk ranks NaN first, so one such candidate would top every user's list. One
@@ -326,7 +337,8 @@ def main(argv=None) -> dict:
     if args.ann == "faiss":
         top = topk_faiss(q_reduced, v_reduced, k, args.batch_size)
     else:
-        top = topk_exact(model.similarity, queries, items, k, args.batch_size, args.score_chunk)
+        top = topk_exact(model.similarity, queries, items, k, args.batch_size,
+                         args.score_chunk or default_score_chunk(device, args.batch_size))
     scored = time.perf_counter()  # topk_* return CPU tensors: the device work is done here
     top = torch.from_numpy(seen_filter.drop_seen(top.numpy(), seen, len(items), args.topk))
     result = write_outputs(Path(args.output), data, top, q_reduced, v_reduced)

@@ -77,3 +77,9 @@ def test_bench_infer_reports_users_per_second_and_matches_plain_topk(tmp_path):
     assert result["users"] == 300 and result["candidates"] == 2000
     assert result["users_per_s"] > 0 and result["peak_rss_mb"] > 0
     assert result["checked_against_full_topk"] is True
+
+
+def test_default_score_chunk_is_cache_sized_on_cpu_and_large_on_cuda():
+    assert infer.default_score_chunk("cpu", 512) * 512 == infer.CPU_SCORE_BUDGET
+    assert infer.default_score_chunk("cuda", 512) * 512 == infer.SCORE_BUDGET
+    assert infer.default_score_chunk(torch.device("cpu"), 10 ** 9) == 1  # never zero
