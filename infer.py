@@ -50,7 +50,7 @@ ENV_DEFAULTS = {"eval_data_dir": "EVAL_DATA_PATH", "result_dir": "EVAL_RESULT_PA
 ANN_METHODS = ("exact", "faiss")
 RESULT_NAME = "top10.json"
 SCORE_BUDGET = 2 ** 24  # scores held at once per exact top-k step (64 MB in fp32)
-# On CPU a 4 MB score block stays in cache: 1.7x the users/s of 64 MB blocks at 1M x 660k x 32
+# On CPU a 4 MB score block stays in cache: 1.4-1.8x the users/s of 64 MB blocks at 660k x 32
 # (bench_infer.py, docs/speed.md); a GPU wants the large blocks.
 CPU_SCORE_BUDGET = 2 ** 20
 
