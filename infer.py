@@ -50,6 +50,9 @@ ENV_DEFAULTS = {"eval_data_dir": "EVAL_DATA_PATH", "result_dir": "EVAL_RESULT_PA
 ANN_METHODS = ("exact", "faiss")
 RESULT_NAME = "top10.json"
 SCORE_BUDGET = 2 ** 24  # scores held at once per exact top-k step (64 MB in fp32)
+# On CPU a 4 MB score block stays in cache: 1.4-1.8x the users/s of 64 MB blocks at 660k x 32
+# (bench_infer.py, docs/speed.md); a GPU wants the large blocks.
+CPU_SCORE_BUDGET = 2 ** 20
 
 
 class InferenceError(Exception):
@@ -77,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=positive_int, default=512,
                    help="users per forward pass and per scoring step")
     p.add_argument("--topk", type=positive_int, default=10, help="items recommended per user")
+    p.add_argument("--score_chunk", type=positive_int, default=None,
+                   help="candidates scored per step of the exact top-k (a running top-k merges "
+                        "the steps): at most --batch_size x this many scores exist at once; "
+                        f"default {SCORE_BUDGET} // --batch_size on CUDA (64 MB of fp32 scores), "
+                        f"{CPU_SCORE_BUDGET} // --batch_size on CPU (4 MB, cache-sized)")
+    p.add_argument("--vector_chunk", type=positive_int, default=65536,
+                   help="candidates per forward pass when computing the candidate vectors")
     p.add_argument("--ann", choices=ANN_METHODS, default="exact",
                    help="exact: score every candidate with the model's similarity; faiss: an "
                         "exact inner-product faiss index over the reduced vectors (same ranking; "
@@ -177,13 +187,17 @@ def user_queries(model: BaseModel, data: InferenceData, maxlen: int, device, amp
 # --------------------------------------------------------------------------- top-k
 
 @torch.no_grad()
-def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: int) -> Tensor:
+def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: int,
+               chunk: int | None = None) -> Tensor:
     """queries (U, D), items (N, D) -> (U, min(k, N)) int64 item indices, best first.
 
-    Candidates are scored in chunks with a running top-k merge, so memory stays bounded by
-    SCORE_BUDGET whatever N."""
+    Users go batch_size at a time and candidates chunk at a time (default SCORE_BUDGET //
+    batch_size), with a running top-k merge over the candidate chunks: the scores held at once
+    are at most (batch_size, chunk) plus the (batch_size, 2k) merge, whatever U and N."""
     k = min(k, len(items))
-    chunk = max(k, SCORE_BUDGET // max(1, min(batch_size, len(queries))))
+    if chunk is None:
+        chunk = SCORE_BUDGET // max(1, min(batch_size, len(queries)))
+    chunk = max(k, chunk)  # each chunk must be able to hold a full top-k
     out = []
     for b in tqdm(range(0, len(queries), batch_size), desc="top-k", disable=None, leave=False):
         q = queries[b:b + batch_size]
@@ -198,6 +212,13 @@ def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: i
             best_s, best_i = s, i
         out.append(best_i.cpu())
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+def default_score_chunk(device, batch_size: int) -> int:
+    """Candidates per exact top-k step when --score_chunk is not given: the device's score
+    budget over the user batch."""
+    budget = CPU_SCORE_BUDGET if torch.device(device).type == "cpu" else SCORE_BUDGET
+    return max(1, budget // batch_size)
 
 
 def check_finite_vectors(vectors: Tensor, what: str, names: list) -> None:
@@ -304,24 +325,38 @@ def main(argv=None) -> dict:
             if args.exclude_seen else np.zeros((0, 2), np.int64))
     k = args.topk + seen_filter.extra_k(seen, data.seqs.num_lines)
     model = load_model(train_args, data, weights, device)
-    items = candidate_vectors(model, data.cand_rows, device, amp_dtype)
+    start = time.perf_counter()
+    items = candidate_vectors(model, data.cand_rows, device, amp_dtype, args.vector_chunk)
     queries = user_queries(model, data, train_args.maxlen, device, amp_dtype, args.batch_size)
     with torch.no_grad():
         v_reduced = model.similarity.item_vectors(items).float()
         q_reduced = model.similarity.query_vectors(queries).float()
     check_finite_vectors(v_reduced, "candidate", data.cand_creative_ids.tolist())
     check_finite_vectors(q_reduced, "user", data.users)
+    scoring = time.perf_counter()
     if args.ann == "faiss":
         top = topk_faiss(q_reduced, v_reduced, k, args.batch_size)
     else:
-        top = topk_exact(model.similarity, queries, items, k, args.batch_size)
+        top = topk_exact(model.similarity, queries, items, k, args.batch_size,
+                         args.score_chunk or default_score_chunk(device, args.batch_size))
+    scored = time.perf_counter()  # topk_* return CPU tensors: the device work is done here
     top = torch.from_numpy(seen_filter.drop_seen(top.numpy(), seen, len(items), args.topk))
     result = write_outputs(Path(args.output), data, top, q_reduced, v_reduced)
     if args.official_result:
         write_official_result(Path(args.official_result), result)
     log.info("wrote top-%d of %d candidates for %d users to %s", top.shape[1], len(items),
              len(result["users"]), args.output)
+    log_throughput(len(result["users"]), len(items), scored - scoring,
+                   time.perf_counter() - start)
     return result
+
+
+def log_throughput(users: int, candidates: int, score_s: float, total_s: float) -> None:
+    """users/s of the top-k stage alone and of vectors + top-k + outputs (checkpoint and data
+    loading excluded)."""
+    log.info("top-k: %d users x %d candidates in %.1f s (%.0f users/s); vectors, top-k and "
+             "outputs: %.1f s (%.0f users/s)", users, candidates, score_s,
+             users / max(score_s, 1e-9), total_s, users / max(total_s, 1e-9))
 
 
 def cli(argv=None) -> int:

@@ -4,6 +4,7 @@ inference directories written by demo_data / layouts.write_v1, outputs checked a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -431,3 +432,17 @@ def test_planted_next_item_comes_first(tmp_path):
     hits = sum(top[0] == w for top, w in zip(result["top10s"], want))
     assert hits >= 0.9 * len(queries), (hits, len(queries))
     assert all(len(top) == 3 for top in result["top10s"])
+
+
+def test_small_chunks_give_the_same_result_and_log_users_per_second(demo, results, tmp_path,
+                                                                      caplog):
+    """--score_chunk / --vector_chunk change only memory, never the ranking; the run ends with
+    users/s (docs/speed.md)."""
+    with caplog.at_level(logging.INFO, logger="infer"):
+        got = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
+                          str(demo["ckpt"]["dot"]), "--output", str(tmp_path / "r.json"),
+                          "--device", "cpu", "--batch_size", "64", "--no-exclude_seen",
+                          "--score_chunk", "7", "--vector_chunk", "5"])
+    assert got == results["dot"][0]
+    assert any("users/s" in r.getMessage() and f"{len(got['users'])} users" in r.getMessage()
+               for r in caplog.records)

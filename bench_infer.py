@@ -1,0 +1,108 @@
+"""Time infer.py's exact top-k stage at the competition's scale, on random vectors.
+
+    python bench_infer.py --users 1000000 --candidates 660000 --dim 32 --threads 1
+
+Scores --users random query vectors against --candidates random candidate vectors with
+infer.topk_exact (the dot product, chunked over users by --batch_size and over candidates by
+--score_chunk, with a running top-k merge) and prints users/s and the process's peak RSS. The
+model's forward passes are not part of this (bench.py measures them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+import infer
+from cli_types import device_name, positive_int
+from main import resolve_device
+from similarity import DotSimilarity
+
+CHECK_LIMIT = 10 ** 8  # --check builds the full (U, N) score matrix: small runs only
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--users", type=positive_int, default=1_000_000, help="query vectors")
+    p.add_argument("--candidates", type=positive_int, default=660_000, help="candidate vectors")
+    p.add_argument("--dim", type=positive_int, default=32, help="vector width")
+    p.add_argument("--topk", type=positive_int, default=10, help="items kept per user")
+    p.add_argument("--batch_size", type=positive_int, default=512, help="users per scoring step")
+    p.add_argument("--score_chunk", type=positive_int, default=None,
+                   help="candidates per scoring step (default as infer.py's: "
+                        f"{infer.CPU_SCORE_BUDGET} // --batch_size on CPU, "
+                        f"{infer.SCORE_BUDGET} // --batch_size on CUDA)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch intra-op threads (default: torch's own choice)")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random vectors")
+    p.add_argument("--check", action="store_true",
+                   help=f"also compare with one full-matrix topk (users x candidates <= "
+                        f"{CHECK_LIMIT:,})")
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    return p
+
+
+def random_vectors(n: int, dim: int, gen: torch.Generator, device) -> torch.Tensor:
+    """(n, dim) float32 standard normal rows, made on the host in 65,536-row pieces."""
+    out = torch.empty(n, dim)
+    for b in range(0, n, 65536):
+        out[b:b + 65536] = torch.randn(min(65536, n - b), dim, generator=gen)
+    return out.to(device)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device, 0)
+    gen = torch.Generator().manual_seed(args.seed)
+    queries = random_vectors(args.users, args.dim, gen, device)
+    items = random_vectors(args.candidates, args.dim, gen, device)
+    sim = DotSimilarity()
+    chunk = args.score_chunk or infer.default_score_chunk(device, args.batch_size)
+    start = time.perf_counter()
+    top = infer.topk_exact(sim, queries, items, args.topk, args.batch_size, chunk)
+    seconds = time.perf_counter() - start  # top is on the host: the device work is finished
+    result = {"users": args.users, "candidates": args.candidates, "dim": args.dim,
+              "topk": args.topk, "batch_size": args.batch_size, "score_chunk": chunk,
+              "threads": torch.get_num_threads(), "device": str(device),
+              "seconds": seconds, "users_per_s": args.users / seconds,
+              "score_block_mb": min(args.batch_size, args.users) * chunk * 4 / 2 ** 20,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if args.check:
+        result["checked_against_full_topk"] = check(queries, items, top, args.topk)
+    return result
+
+
+def check(queries: torch.Tensor, items: torch.Tensor, top: torch.Tensor, k: int) -> bool:
+    """True when the chunked result equals one topk over the full (U, N) score matrix."""
+    with torch.no_grad():
+        want = (queries @ items.T).topk(min(k, len(items)), dim=1).indices.cpu()
+    return bool(torch.equal(top, want))
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check and args.users * args.candidates > CHECK_LIMIT:
+        parser.error(f"--check builds the full score matrix: --users x --candidates must be "
+                     f"<= {CHECK_LIMIT:,}, got {args.users * args.candidates:,}")
+    result = run(args)
+    print(json.dumps(result, indent=1))
+    print(f"{result['users_per_s']:,.0f} users/s ({args.users:,} users x {args.candidates:,} "
+          f"candidates x {args.dim} in {result['seconds']:.1f} s, {result['threads']} thread(s)); "
+          f"peak RSS {result['peak_rss_mb']:,.0f} MB; 1,000,000 users would take "
+          f"{1e6 / result['users_per_s']:,.0f} s at this rate", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""infer.py's exact top-k at scale: chunked over users and candidates, equal to one full topk,
+with the score chunk bounding what is materialised; the chunk flags; bench_infer.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import infer
+from similarity import build_similarity
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recording(torch.nn.Module):
+    """A similarity that records the shape of every score block it computes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.shapes = inner, []
+
+    def score_all(self, queries, items):
+        scores = self.inner.score_all(queries, items)
+        self.shapes.append(tuple(scores.shape))
+        return scores
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("batch_size,chunk", [(1, 10), (7, 13), (16, 100), (64, 999), (50, 5000)])
+def test_chunked_topk_equals_full_topk_and_chunk_bounds_scores(adaptive, batch_size, chunk):
+    gen = torch.Generator().manual_seed(batch_size * 1000 + chunk)
+    queries, items = torch.randn(53, 8, generator=gen), torch.randn(999, 8, generator=gen)
+    sim = Recording(build_similarity(8, adaptive, ["dot", "cosine", "scaled", "bilinear"]))
+    got = infer.topk_exact(sim, queries, items, k=10, batch_size=batch_size, chunk=chunk)
+    with torch.no_grad():
+        want = sim.inner.score_all(queries, items).topk(10, dim=1).indices
+    assert torch.equal(got, want)
+    # every score block is at most (batch_size, chunk); together they cover U x N exactly once
+    assert max(r for r, _ in sim.shapes) <= batch_size
+    assert max(c for _, c in sim.shapes) <= max(chunk, 10)
+    assert sum(r * c for r, c in sim.shapes) == len(queries) * len(items)
+
+
+def test_chunk_smaller_than_k_still_returns_full_topk():
+    gen = torch.Generator().manual_seed(1)
+    queries, items = torch.randn(5, 4, generator=gen), torch.randn(30, 4, generator=gen)
+    sim = Recording(build_similarity(4, False, ["dot"]))
+    got = infer.topk_exact(sim, queries, items, k=10, batch_size=2, chunk=3)
+    assert torch.equal(got, (queries @ items.T).topk(10, dim=1).indices)
+    assert max(c for _, c in sim.shapes) == 10  # raised to k: a chunk must hold a full top-k
+
+
+def test_chunk_flags_are_validated():
+    args = infer.parse_args(["--eval_data_dir", "d", "--state_dict_path", "c", "--output", "o",
+                             "--score_chunk", "4096", "--vector_chunk", "100"])
+    assert (args.score_chunk, args.vector_chunk) == (4096, 100)
+    assert infer.parse_args(["--eval_data_dir", "d", "--state_dict_path", "c",
+                             "--output", "o"]).score_chunk is None
+    for flag in ("--score_chunk", "--vector_chunk"):
+        with pytest.raises(SystemExit) as e:
+            infer.parse_args(["--eval_data_dir", "d", "--state_dict_path", "c", "--output", "o",
+                              flag, "0"])
+        assert e.value.code == 2
+
+
+def test_bench_infer_reports_users_per_second_and_matches_plain_topk(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(ROOT / "bench_infer.py"), "--users", "300",
+                    "--candidates", "2000", "--dim", "8", "--batch_size", "64",
+                    "--score_chunk", "500", "--threads", "1", "--check", "--json", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["users"] == 300 and result["candidates"] == 2000
+    assert result["users_per_s"] > 0 and result["peak_rss_mb"] > 0
+    assert result["checked_against_full_topk"] is True
+
+
+def test_default_score_chunk_is_cache_sized_on_cpu_and_large_on_cuda():
+    assert infer.default_score_chunk("cpu", 512) * 512 == infer.CPU_SCORE_BUDGET
+    assert infer.default_score_chunk("cuda", 512) * 512 == infer.SCORE_BUDGET
+    assert infer.default_score_chunk(torch.device("cpu"), 10 ** 9) == 1  # never zero
