@@ -30,7 +30,7 @@ import run_folders
 import run_summary
 import tb_meta
 from batching import SPLITS, Queries, TrainBatches, competition_split, item_counts, \
-    leave_one_out_split, random_user_split, training_arrays
+    leave_one_out_split, random_user_split
 from cli_types import (device_name, finite_float, int_at_least, non_negative_float,
                        non_negative_int, positive_float, positive_int, unit_interval,
                        unit_interval_right_open)

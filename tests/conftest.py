@@ -162,3 +162,15 @@ def run_main(argv: list[str]) -> dict:
     with restored_logging():
         import main  # heavy (torch): imported by the tests that train
         return main.main(argv)
+
+
+# the reliability suites' tiny training flags and their data-error helper
+TINY = ["--maxlen", "20", "--hidden_units", "16", "--batch_size", "64", "--num_epochs", "1",
+        "--device", "cpu", "--seed", "5"]
+
+
+def load_error(d: Path, **kw) -> str:
+    from dataset import DataError, load_dataset
+    with pytest.raises(DataError) as e:
+        load_dataset(d, use_cache=False, **kw)
+    return str(e.value)

@@ -38,18 +38,8 @@ import checkpoint
 import dataset as dataset_mod
 import main as main_mod
 import safe_pickle
-from conftest import ROOT, read_seq_lines, restored_logging, run_main, write_seq_lines
+from conftest import TINY, ROOT, load_error, read_seq_lines, restored_logging, run_main, write_seq_lines
 from dataset import DataError, load_dataset
-
-TINY = ["--maxlen", "20", "--hidden_units", "16", "--batch_size", "64", "--num_epochs", "1",
-        "--device", "cpu", "--seed", "5"]
-
-
-def load_error(d: Path, **kw) -> str:
-    with pytest.raises(DataError) as e:
-        load_dataset(d, use_cache=False, **kw)
-    return str(e.value)
-
 
 def edit_record(d: Path, line: int, rec: int, new) -> None:
     """Replace record `rec` of 1-based line `line` of seq.jsonl (offsets rewritten to match)."""

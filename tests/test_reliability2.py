@@ -25,20 +25,10 @@ import cli_types
 import infer
 import main as main_mod
 import tempdirs
-from conftest import read_seq_lines, restored_logging, run_main, write_seq_lines
+from conftest import TINY, load_error, read_seq_lines, restored_logging, run_main, write_seq_lines
 from dataset import DataError, load_dataset
 from layouts.inference_v1 import load_inference_dir
 from layouts.write_v1 import UserHistory, write_inference_dir
-
-TINY = ["--maxlen", "20", "--hidden_units", "16", "--batch_size", "64", "--num_epochs", "1",
-        "--device", "cpu", "--seed", "5"]
-
-
-def load_error(d: Path, **kw) -> str:
-    with pytest.raises(DataError) as e:
-        load_dataset(d, use_cache=False, **kw)
-    return str(e.value)
-
 
 def edit_json(path: Path, change) -> None:
     doc = json.loads(path.read_text())
