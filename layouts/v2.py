@@ -272,12 +272,7 @@ def _fill_rows(t: pa.Table, side: str, n: int, schema: ds.FeatureSchema, out: Si
     ok = valid & (ids >= 1) & (ids <= n)
     report(bad, ~ok, lambda i: f"{where(i)}: {id_col} {ids[i] if valid[i] else None} is not a "
                                f"{side} RID in 1..{n} ({INDEXER} '{side[0]}')")
-    dup = np.zeros(len(ids), bool)
-    dup[ok] = out.has_row[ids[ok]]
-    _, first = np.unique(ids, return_index=True)
-    again = np.ones(len(ids), bool)
-    again[first] = False
-    dup |= ok & again
+    dup = repeated_ids(ids, ok, out.has_row)
     report(bad, dup, lambda i: f"{where(i)}: {id_col} {ids[i]} has a row already")
     ok &= ~dup
     rows = ids[ok]
@@ -302,6 +297,17 @@ def _fill_rows(t: pa.Table, side: str, n: int, schema: ds.FeatureSchema, out: Si
             out.cont[rows, j] = np.where(wrong, 0, vals)[ok]
             nonnull |= v
     out.has_feat[rows] |= nonnull[ok]
+
+
+def repeated_ids(ids: np.ndarray, ok: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """ids (n,), ok (n,) bool, seen (N+1,) bool -> (n,) bool: the valid rows whose id already has a
+    row, in an earlier row group (`seen`) or earlier in this one (every repeat after the first)."""
+    dup = np.zeros(len(ids), bool)
+    dup[ok] = seen[ids[ok]]
+    _, first = np.unique(ids, return_index=True)
+    again = np.ones(len(ids), bool)
+    again[first] = False
+    return dup | (ok & again)
 
 
 def _checked_ids(col, vocab: int, where: Where, fid: str,
@@ -464,12 +470,7 @@ def _add_row_group(t: pa.Table, where: Where, itemnum: int, usernum: int,
     row_ok = valid & (users >= 1) & (users <= usernum)
     report(bad, ~row_ok, lambda i: f"{where(i)}: user_id {users[i] if valid[i] else None} is "
                                    f"not a user RID in 1..{usernum} ({INDEXER} 'u')")
-    dup = np.zeros(len(users), bool)
-    dup[row_ok] = seen[users[row_ok]]
-    _, first = np.unique(users, return_index=True)
-    again = np.ones(len(users), bool)
-    again[first] = False
-    dup |= row_ok & again
+    dup = repeated_ids(users, row_ok, seen)
     report(bad, dup, lambda i: f"{where(i)}: user_id {users[i]} has a seq row already")
     row_ok &= ~dup
     seen[users[row_ok]] = True
