@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import bench_peers
 import main
 import objective
 from cli_types import int_at_least, non_negative_int, positive_int
@@ -110,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--peak_size", type=positive_int, default=None,
                    help="side of the square matmul that measures the peak "
                         f"(default {PEAK_SIZE} on CPU, {PEAK_SIZE_CUDA} on CUDA)")
+    peer = p.add_argument_group("peer (bench_peers.py)")
+    peer.add_argument("--peer_pmixer", default=None, metavar="DIR",
+                      help="also time pmixer/SASRec.pytorch's own training loop, per epoch, "
+                           "interleaved with our steps, and print our speed-up over it; DIR is "
+                           "the python/ folder of a checkout (git clone "
+                           "https://github.com/pmixer/SASRec.pytorch)")
+    peer.add_argument("--peer_data", default=str(ML1M_SRC / "sasrec" / "ml-1m.txt"),
+                      help="the peer's 'user item' file (the same data as --data_dir)")
+    peer.add_argument("--peer_epochs", type=int_at_least(2), default=3,
+                      help="epochs of each peer process; its first epoch (start-up) is not timed")
+    peer.add_argument("--peer_rounds", type=positive_int, default=3,
+                      help="peer processes, one after each 1/N of our timed steps")
     p.set_defaults(**PAPER_ML1M)  # argparse keeps any value the user passes
     return p
 
@@ -120,6 +133,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise SystemExit("--l2_emb cannot be combined with --sparse_embeddings (see main.py)")
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    if args.peer_epochs > bench_peers.MAX_EPOCHS:
+        raise SystemExit(f"--peer_epochs at most {bench_peers.MAX_EPOCHS}: pmixer's main.py "
+                         "evaluates at epoch 20, which is not training time")
+    if args.peer_pmixer:
+        args.peer_pmixer = str(bench_peers.check_pmixer_dir(args.peer_pmixer))
     args.loss_cases = [loss_case(args, f"{args.loss}:{args.num_negatives}" if
                                  args.num_negatives else args.loss)]
     args.loss_cases += [loss_case(args, spec) for spec in args.compare_loss]
@@ -484,9 +502,12 @@ def matmul_seconds(case: Case, steps: int = 3) -> tuple[float, float]:
     return float(np.median(per_step)), float(np.median(ratio))
 
 
-def run_cases(cases: list[Case], warmup: int, steps: int, meters=()) -> None:
+def run_cases(cases: list[Case], warmup: int, steps: int, meters=(), peer=None,
+              peer_rounds: int = 1) -> None:
     """Step the cases in turn (A B C A B C ...); keep the records after `warmup` rounds; after
-    each timed round every PeakMeter takes one sample."""
+    each timed round every PeakMeter takes one sample. With a peer, its run() follows each
+    1/peer_rounds of the timed steps, so both see the same spells of machine load."""
+    peer_after = {warmup + round(steps * (r + 1) / peer_rounds) - 1 for r in range(peer_rounds)}
     for i in range(warmup + steps):
         for case in cases:
             record = case.step()
@@ -495,6 +516,8 @@ def run_cases(cases: list[Case], warmup: int, steps: int, meters=()) -> None:
         if i >= warmup:
             for meter in meters:
                 meter.sample()
+        if peer is not None and i in peer_after:
+            peer.run()
 
 
 # --------------------------------------------------------------------------- the run
@@ -619,7 +642,9 @@ def bench(argv=None) -> dict | None:
     meters = {a.amp: PeakMeter(device, main.AMP_DTYPES[a.amp] or torch.float32, args.peak_size)
               for _, a, _ in grid}
     cases = [Case(label, a, *datasets[n], device) for label, a, n in grid]
-    run_cases(cases, args.warmup, args.steps, meters.values())
+    peer = (bench_peers.PmixerPeer(Path(args.peer_pmixer), Path(args.peer_data), args,
+                                   args.peer_epochs, device.type) if args.peer_pmixer else None)
+    run_cases(cases, args.warmup, args.steps, meters.values(), peer, args.peer_rounds)
     first = cases[0]
     evaluation = first.evaluate() if args.eval else {}
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiler
@@ -630,6 +655,7 @@ def bench(argv=None) -> dict | None:
               "input_seq_per_s": inputs[args.input_workers],
               "input_seq_per_s_by_workers": inputs,
               "cases": summaries, "ratios": ratios(summaries),
+              "peers": [peer.summary()] if peer else [],
               "data": {"users": first.data.seqs.num_lines, "items": first.data.itemnum,
                        "tokens": int(len(first.data.seqs.tok_id)),
                        "train_sequences": len(first.split.train)},
@@ -641,6 +667,12 @@ def bench(argv=None) -> dict | None:
              "between the steps)": f"{value:.1f}"
              for name, value in result["peak_gflops_by_precision"].items()}
     extra.update(result["ratios"])
+    for p in result["peers"]:
+        extra[f"{p['label']} seq/s (its loop, median of {p['timed_epochs']} epochs of "
+              f"{p['sequences_per_epoch']} sequences)"] = f"{p['train_seq_per_s']:,.0f}"
+        speedups = bench_peers.peer_ratios(summaries, p)
+        result["ratios"].update(speedups)
+        extra.update(speedups)
     for w, v in inputs.items():
         extra[f"input_seq_per_s with {w} workers (model skipped)"] = f"{v:,.0f}"
     extra["input_seq_per_s / train_seq_per_s"] = inputs[args.input_workers] / summaries[0]["train_seq_per_s"]
