@@ -381,25 +381,19 @@ def mm_dim(path: Path) -> int:
     return mm.dim_from_name(path)
 
 
-def load_mm_table(data_dir: Path, fid: str, dim: int, item_indexer, itemnum: int) -> np.ndarray:
-    """(itemnum+1, dim) float32 in memory (inference tables with extra rows); rows of items
-    without a vector stay zero. `item_indexer`: creative id -> row, anything with `.get`."""
-    from layouts import mm
-    return mm.read_mm_table(data_dir, fid, dim, item_indexer, itemnum)
-
-
 def convert_mm_tables(data_dir: Path, mm_emb_ids: list[str], item_indexer: dict, itemnum: int,
-                      scratch: Path | None, on_bad_record: str) -> dict[str, np.ndarray]:
+                      scratch: Path | None, on_bad_record: str,
+                      copies: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """fid -> (itemnum+1, dim) float16 read-only memmap, converted in a streaming pass into
     `scratch` (the cache write then moves the files into the cache); None: a temporary file,
-    unlinked once mapped (the mapping outlives the name)."""
+    unlinked once mapped (the mapping outlives the name). `copies`: see mm.convert_mm_table."""
     from layouts import mm
     out = {}
     for fid in mm_emb_ids:
         folder = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="taac-mm-"))
         path = folder / f"mm_{fid}.npy"
         try:
-            mm.convert_mm_table(data_dir, fid, item_indexer, itemnum, path, on_bad_record)
+            mm.convert_mm_table(data_dir, fid, item_indexer, itemnum, path, on_bad_record, copies)
             out[fid] = mm.open_mm_table(path)
         finally:
             if scratch is None:  # also after a failed conversion

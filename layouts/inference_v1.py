@@ -35,7 +35,7 @@ from data_rules import show
 import dataset  # discover_schema, mm_dim: the parse training does
 from dataset import (TOKEN_ITEM, TOKEN_PROFILE, BadRecords, DataError, FeatureSchema,
                      FeatureTables, SequenceData, fill_feature_tables, find_mm_source,
-                     json_loads, load_mm_table, load_pickle_checked, resolve_mm_ids)
+                     json_loads, load_pickle_checked, resolve_mm_ids)
 from layouts import v1  # load_item_feat_dict, decode_records: the V1 parse training does
 
 log = logging.getLogger(__name__)
@@ -380,8 +380,10 @@ def _check_vocab(schema: FeatureSchema, indexer: dict, data_dir: Path) -> None:
 
 def _mm_tables(data_dir: Path, schema: FeatureSchema, item_indexer: dict, itemnum: int,
                extra_cids: list) -> dict[str, np.ndarray]:
-    """fid -> (rows, dim) float32. Rows 1..itemnum by the indexer, extra rows (cold items, then
-    candidates) by their raw creative ids; a creative on several rows is read once, copied."""
+    """fid -> (rows, dim) float16 read-only memmap of an unlinked temporary file, as training's
+    tables (a 1024-d table of millions of rows stays in the page cache, not in memory). Rows
+    1..itemnum by the indexer, extra rows (cold items, then candidates) by their raw creative
+    ids; a creative on several rows is read once, copied."""
     lookup = _RowLookup(item_indexer)
     dst, src = [], []
     for row, cid in enumerate(extra_cids, itemnum + 1):
@@ -391,8 +393,6 @@ def _mm_tables(data_dir: Path, schema: FeatureSchema, item_indexer: dict, itemnu
         else:
             dst.append(row)
             src.append(first)
-    n_rows = itemnum + len(extra_cids)
-    out = {}
     for fid, dim in schema.mm_dims.items():
         source = find_mm_source(data_dir, fid)
         if source is None:
@@ -401,15 +401,14 @@ def _mm_tables(data_dir: Path, schema: FeatureSchema, item_indexer: dict, itemnu
         if dataset.mm_dim(source) != dim:
             raise DataError(f"{source}: dimension {dataset.mm_dim(source)}, but the model was "
                             f"trained with {dim} for feature {fid}")
-        table = load_mm_table(data_dir, fid, dim, lookup, n_rows)
-        table[dst] = table[src]
-        out[fid] = table
-    return out
+    copies = (np.asarray(dst, np.int64), np.asarray(src, np.int64))
+    return dataset.convert_mm_tables(data_dir, list(schema.mm_dims), lookup,
+                                     itemnum + len(extra_cids), None, "error", copies)
 
 
 class _RowLookup:
     """raw creative id -> table row: the indexer's reid, else a row given to an extra creative.
-    Has the `.get` that dataset.load_mm_table calls."""
+    Has the `.get` that the multimodal conversion calls."""
 
     def __init__(self, item_indexer: dict):
         self.item_indexer, self.extra = item_indexer, {}

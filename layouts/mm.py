@@ -369,9 +369,11 @@ class MMInfo:
 
 
 def convert_mm_table(data_dir: Path, fid: str, item_oid_to_rid, itemnum: int, out_path: Path,
-                     on_bad_record: str = "error") -> MMInfo:
+                     on_bad_record: str = "error",
+                     copies: tuple[np.ndarray, np.ndarray] | None = None) -> MMInfo:
     """Convert feature `fid` of `data_dir` into the float16 .npy table `out_path`,
-    (itemnum + 1, D), row r = the vector of item RID r (zeros when it has none)."""
+    (itemnum + 1, D), row r = the vector of item RID r (zeros when it has none). `copies`
+    (dst, src): row dst[i] also gets row src[i]'s vector (inference: a creative on two rows)."""
     start = time.perf_counter()
     source = find_source(Path(data_dir), fid)
     if source is None:
@@ -383,11 +385,14 @@ def convert_mm_table(data_dir: Path, fid: str, item_oid_to_rid, itemnum: int, ou
     offset = _create_npy(tmp, (itemnum + 1, source.dim), TABLE_DTYPE)
     covered = np.zeros(itemnum + 1, bool)  # one byte per item: 1/(2 D) of the table
     counts = {"unmapped": 0, "nonfinite": 0}
-    fd = os.open(tmp, os.O_WRONLY)
+    fd = os.open(tmp, os.O_RDWR)
     try:
         for rids, half in mapped_chunks(source, item_oid_to_rid, itemnum, bad, counts):
             _write_rows(fd, offset, rids, half)
             covered[rids] = True
+        if copies is not None and len(copies[0]):
+            _copy_rows(tmp, fd, offset, (itemnum + 1, source.dim), *copies)
+            covered[copies[0]] = covered[copies[1]]
         os.close(fd)
         fd = -1
         os.replace(tmp, out_path)
@@ -403,22 +408,6 @@ def convert_mm_table(data_dir: Path, fid: str, item_oid_to_rid, itemnum: int, ou
              source.dim, info.covered, itemnum, 100.0 * info.covered / max(itemnum, 1),
              info.unmapped, info.bad_skipped, info.seconds)
     return info
-
-
-def read_mm_table(data_dir: Path, fid: str, dim: int, item_oid_to_rid, n_rows: int,
-                  on_bad_record: str = "error") -> np.ndarray:
-    """(n_rows + 1, dim) float32 in memory, values rounded through float16 as the training table;
-    for inference tables (extra rows for cold items and candidates)."""
-    source = find_source(Path(data_dir), fid)
-    if source is None or source.dim != dim:
-        raise DataError(f"{data_dir}: multimodal feature {fid}: expected a {dim}-d source, found "
-                        f"{source.path if source else 'none'}")
-    table = np.zeros((n_rows + 1, dim), np.float32)
-    counts = {"unmapped": 0, "nonfinite": 0}
-    for rids, half in mapped_chunks(source, item_oid_to_rid, n_rows, BadRecords(on_bad_record),
-                                    counts):
-        table[rids] = half
-    return table
 
 
 def open_mm_table(path: Path) -> np.ndarray:
@@ -451,3 +440,15 @@ def _write_rows(fd: int, offset: int, rids: np.ndarray, rows: np.ndarray) -> Non
     breaks = np.flatnonzero(np.diff(rids) != 1) + 1
     for s, e in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rids)]])):
         os.pwrite(fd, rows[s:e].tobytes(), offset + int(rids[s]) * row_bytes)
+
+
+def _copy_rows(path: Path, fd: int, offset: int, shape: tuple[int, int], dst: np.ndarray,
+               src: np.ndarray, chunk: int = 65536) -> None:
+    """Row dst[i] := row src[i] of the table being written, `chunk` rows at a time (read
+    through a map of the file: the page cache already holds what pwrite wrote)."""
+    table = np.memmap(path, TABLE_DTYPE, mode="r", offset=offset, shape=shape)
+    try:
+        for s in range(0, len(dst), chunk):
+            _write_rows(fd, offset, dst[s:s + chunk], np.asarray(table[src[s:s + chunk]]))
+    finally:
+        del table

@@ -200,6 +200,9 @@ def test_hand_built_inference_dir(small_v1, tmp_path):
     assert data.cand_creative_ids.tolist() == [9001, 9999, 8888]
     assert data.cand_retrieval_ids.tolist() == [11, 12, 14]
     table = data.tables.mm["81"]
+    # a float16 map of an unlinked file, as training's tables: not a copy in memory
+    assert isinstance(table, np.memmap) and table.dtype == np.float16 and not table.flags.writeable
+    assert not Path(table.filename).exists()
     np.testing.assert_array_equal(table[7], vec)   # cold item: looked up by its raw id
     np.testing.assert_array_equal(table[10], vec)  # cold candidate: by its creative id
     np.testing.assert_array_equal(table[9], mm[9001].astype(np.float16))  # rounded as the training table
