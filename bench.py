@@ -35,6 +35,7 @@ users, full ranking) is timed once, for the first configuration.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -54,7 +55,7 @@ from cli_types import int_at_least, non_negative_int, positive_int
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
 from evaluate import evaluate
-from input_pipeline import prefetch
+from input_pipeline import pin_batch, prefetch
 from model import ATTENTION_IMPLS, BaseModel, score_blocks
 from similarity import DotSimilarity
 
@@ -358,8 +359,10 @@ class Case:
             epoch += 1
             self.sampler.set_epoch(epoch)
             torch.manual_seed(self.args.seed * 100_003 + epoch)
+            prepare = functools.partial(main.host_inputs, self.model,
+                                        pin=self.device.type == "cuda")
             yield from prefetch(self.batches.epoch(epoch), self.args.input_workers,
-                                pin=self.device.type == "cuda")
+                                prepare=prepare)
 
     def step(self) -> dict:
         self.model.train()
@@ -367,7 +370,7 @@ class Case:
         t0 = time.perf_counter()
         batch = next(self._stream)
         t1 = time.perf_counter()
-        tensors = main.model_inputs(self.model, batch, self.device)  # + multimodal rows, if any
+        tensors = main.to_device(batch, self.device)  # the workers gathered the multimodal rows
         _sync(self.device)
         t2 = time.perf_counter()
         loss = main.compute_loss(self.model, tensors, self.args, self.amp_dtype)
@@ -460,7 +463,7 @@ def input_throughput(args, data: Dataset, split, workers: int, batches: int,
     sampler = main.make_sampler(args, data, split, seed=args.seed + 1)
     source = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler,
                           seed=args.seed)
-    stream = prefetch(_repeat_epochs(source), workers, pin=pin)
+    stream = prefetch(_repeat_epochs(source), workers, prepare=pin_batch if pin else None)
     iterator = iter(stream)
     next(iterator)
     start, seqs = time.perf_counter(), 0

@@ -12,8 +12,8 @@ buffer instead of through the map: random rows touched through a map bring their
 the resident set too (the kernel's fault-around maps up to 64 KB of cached pages per fault), so
 one 15,000-row batch mapped most of a 2 GB table (measured). With pread the resident set holds
 the batch's rows only; the kernel's page cache, shared and reclaimable, keeps the hot rows.
-About 3 us a row on a shared 2-core machine (0.1 s for a 38,000-row batch): to be overlapped
-with the step (a background batch worker) when the GPU step is shorter than that.
+About 3 us a row on a shared 2-core machine (0.1 s for a 38,000-row batch), so training runs
+`gather_host` in the input worker, ahead of the step, and the loop only calls `move_item_mm`.
 """
 from __future__ import annotations
 
@@ -44,12 +44,18 @@ class HostTables:
 
     def gather(self, ids: np.ndarray, device: torch.device | str) -> ItemMM | None:
         """ids (...) int host array -> (distinct ids (U,) on `device`, rows (U, D_f) per table)."""
+        device = torch.device(device)
+        return move_item_mm(self.gather_host(ids, pin=device.type == "cuda"), device)
+
+    def gather_host(self, ids: np.ndarray, pin: bool = False) -> ItemMM | None:
+        """The host half of gather: distinct ids and their rows as CPU tensors, page-locked when
+        `pin` (a CUDA copy follows). Thread-safe: the input workers run it ahead of the step."""
         if not self.tables:
             return None
-        device = torch.device(device)
         uniq = np.unique(np.asarray(ids).ravel()).astype(np.int64)
-        rows = tuple(self._rows(fid, t, uniq, device) for fid, t in self.tables.items())
-        return _to_device(torch.from_numpy(uniq), device), rows
+        rows = tuple(self._rows(fid, t, uniq, pin) for fid, t in self.tables.items())
+        uniq_t = torch.from_numpy(uniq)
+        return (uniq_t.pin_memory() if pin else uniq_t), rows
 
     def gather_tensor(self, ids: Tensor) -> ItemMM | None:
         """From ids already on the device: one device-to-host copy (a sync on CUDA). For
@@ -58,14 +64,25 @@ class HostTables:
             return None
         return self.gather(ids.detach().cpu().numpy(), ids.device)
 
-    def _rows(self, fid: str, table: np.ndarray, uniq: np.ndarray, device: torch.device) -> Tensor:
+    def _rows(self, fid: str, table: np.ndarray, uniq: np.ndarray, pin: bool) -> Tensor:
         buf = torch.empty((len(uniq), table.shape[1]), dtype=_TORCH_DTYPES[np.dtype(table.dtype)],
-                          pin_memory=device.type == "cuda")
+                          pin_memory=pin)
         if self._files[fid] is None:
             np.take(table, uniq, axis=0, out=buf.numpy())
         else:
             self._files[fid].read_rows(uniq, buf.numpy())
-        return _to_device(buf, device)
+        return buf
+
+
+def move_item_mm(item_mm: ItemMM | None, device: torch.device) -> ItemMM | None:
+    """gather_host's result onto `device`: non_blocking copies of pinned buffers on CUDA (the
+    buffers are fresh per batch and torch's caching host allocator keeps them until the copy
+    has run), nothing on CPU."""
+    if item_mm is None or device.type != "cuda":
+        return item_mm
+    uniq, rows = item_mm
+    return (uniq.to(device, non_blocking=True),
+            tuple(r.to(device, non_blocking=True) for r in rows))
 
 
 class _RowFile:
@@ -100,9 +117,3 @@ class _RowFile:
         fd = getattr(self, "fd", None)
         if fd is not None:
             os.close(fd)
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    # the buffer is pinned on CUDA and freshly allocated per batch, so an asynchronous copy is
-    # safe (torch's caching host allocator keeps it until the copy has run)
-    return t.to(device, non_blocking=True) if device.type == "cuda" else t

@@ -15,9 +15,10 @@ the worker records the state right after producing each batch, and `Prefetcher.c
 is the state as of the last batch the loop has taken: what a mid-epoch checkpoint must save.
 At the end of an epoch the worker has finished, so the sampler itself is in step again.
 
+`prepare` turns each batch into the step's host inputs off the training loop's thread (main.py:
+page-locked tensors for the GPU copy and the batch's multimodal rows from the host tables).
 `workers` above 1 run the same single ordered stream (a sampler draws from one random stream, so
-batch i + 1's negatives depend on batch i's); pinning host memory for a GPU copy (`pin=True`)
-then runs on the extra threads. The iterator and its sampler must not use torch's global random
+batch i + 1's negatives depend on batch i's); `prepare` then runs on the extra threads. The iterator and its sampler must not use torch's global random
 generator: it is shared with the training loop's dropout.
 """
 from __future__ import annotations
@@ -126,12 +127,15 @@ class Prefetcher:
 
 
 def prefetch(source: Iterable, workers: int, depth: int | None = None,
-             state: Callable[[], Any] | None = None, pin: bool = False) -> Iterable:
-    """`source` as it is with workers 0 (synchronous), else through a `Prefetcher` with
-    `depth` (default 2 x workers + 2) batches ahead; `pin` pins each batch's arrays."""
+             state: Callable[[], Any] | None = None,
+             prepare: Callable[[Any], Any] | None = None) -> Iterable:
+    """`source` as it is with workers 0 (synchronous, `prepare` applied inline), else through a
+    `Prefetcher` with `depth` (default 2 x workers + 2) batches ahead. `prepare` (e.g.
+    main.host_inputs: pinning, multimodal gathers) runs on the workers too: in the one worker
+    after each batch, or with N > 1 on the N - 1 extra threads."""
     if workers < 0:
         raise ValueError(f"--input_workers must be >= 0, got {workers}")
     if workers == 0:
-        return map(pin_batch, source) if pin else source
+        return map(prepare, source) if prepare else source
     return Prefetcher(source, depth or 2 * workers + 2, state=state,
-                      transform=pin_batch if pin else None, transform_workers=workers - 1)
+                      transform=prepare, transform_workers=workers - 1)

@@ -7,6 +7,7 @@ sampler, model, optimizer -> resume -> loop (train, validate, checkpoint) -> fin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from batching import Queries, TrainBatches, competition_split, item_counts, leav
 from dataset import DataError, load_dataset
 from evaluate import evaluate
 from flags import AMP_DTYPES, build_parser, parse_args
+from host_tables import move_item_mm
 from input_pipeline import prefetch
 from model import BaseModel, ModelConfigError
 from optim import build_optimizer
@@ -173,11 +175,26 @@ def compile_model(model: BaseModel, backend: str = "inductor") -> BaseModel:
 
 # --------------------------------------------------------------------------- one step
 
-def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    """Pinned host memory + non_blocking copies, so the copy overlaps the GPU's work."""
+def host_inputs(model, batch: dict[str, np.ndarray], pin: bool) -> dict:
+    """The host half of a step's inputs, built ahead of the step by the input workers: the
+    batch's arrays as CPU tensors (page-locked when `pin`, so the CUDA copy is asynchronous)
+    and, under "item_mm", its multimodal rows gathered from the host tables (None without)."""
+    out = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()}
+    if pin:
+        out = {k: t if t.is_pinned() else t.pin_memory() for k, t in out.items()}
+    out["item_mm"] = dist.unwrap(model).host_item_mm(batch, pin)
+    return out
+
+
+def to_device(inputs: dict, device: torch.device) -> dict:
+    """host_inputs' tensors (or a batch's numpy arrays) onto `device`: non_blocking copies of
+    page-locked memory on CUDA (no sync; what is not pinned yet is pinned here)."""
     out = {}
-    for k, v in batch.items():
-        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(v)  # pinned by a worker
+    for k, v in inputs.items():
+        if k == "item_mm":
+            out[k] = move_item_mm(v, device)
+            continue
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(v)
         if device.type == "cuda":
             t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
         out[k] = t
@@ -185,11 +202,9 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
 
 
 def model_inputs(model, batch: dict[str, np.ndarray], device: torch.device) -> dict:
-    """to_device, plus the batch's multimodal rows gathered on the host from the numpy ids
-    (pinned, non_blocking on CUDA: no sync); `item_mm` is None without multimodal tables."""
-    out = to_device(batch, device)
-    out["item_mm"] = dist.unwrap(model).host_item_mm(batch, device)
-    return out
+    """A batch's inputs on `device` in one call (validation, benchmarks): host_inputs then
+    to_device. The training loop runs the two halves apart, the first in the input workers."""
+    return to_device(host_inputs(model, batch, device.type == "cuda"), device)
 
 
 def bce_loss(pos_logits, neg_logits, batch) -> torch.Tensor:
@@ -293,11 +308,12 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     window, window_steps = torch.zeros((), device=device), 0
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     step_on_device = torch.full((), state.global_step, dtype=torch.long, device=device)
-    stream = prefetch(batches.epoch(state.epoch), args.input_workers, pin=device.type == "cuda")
+    prepare = functools.partial(host_inputs, model, pin=device.type == "cuda")
+    stream = prefetch(batches.epoch(state.epoch), args.input_workers, prepare=prepare)
     bar = tqdm(stream, total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
-    for i, batch in enumerate(bar):
-        loss = compute_loss(model, model_inputs(model, batch, device), args, amp_dtype)
+    for i, inputs in enumerate(bar):
+        loss = compute_loss(model, to_device(inputs, device), args, amp_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

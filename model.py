@@ -526,19 +526,20 @@ class BaseModel(nn.Module):
         # with sparse embeddings a whole-catalogue pass would densify the gradient
         return self.features.item_sparse.shape[0] <= lookups and not self.features.item_emb.sparse
 
-    def host_item_mm(self, batch: dict[str, np.ndarray], device) -> ItemMM | None:
-        """The `item_mm` forward needs, gathered from the batch's host arrays before they go to
-        the device: the rows of every item id the batch holds (inputs, pos, neg and shared
-        candidates, whichever it has), so it serves whichever of them the loss looks up. None
-        when there is no multimodal table or forward does not need it (the whole-catalogue
-        path gathers every row itself)."""
+    def host_item_mm(self, batch: dict[str, np.ndarray], pin: bool = False) -> ItemMM | None:
+        """The `item_mm` forward needs, gathered on the host from the batch's numpy arrays (CPU
+        tensors, page-locked when `pin`; host_tables.move_item_mm sends them to the device):
+        the rows of every item id the batch holds (inputs, pos, neg and shared candidates,
+        whichever it has), so it serves whichever of them the loss looks up. None when there is
+        no multimodal table or forward does not need it (the whole-catalogue path gathers every
+        row itself). Runs in the input workers, ahead of the step."""
         if not len(self.features.host_mm):
             return None
         ids = item_lookup_ids(batch["seq"], batch["token_type"], batch["pos"], batch.get("neg"),
                               batch.get("cand"))
         if self._whole_catalogue(ids.size):
             return None
-        return self.features.host_mm.gather(ids, device)
+        return self.features.host_mm.gather_host(ids, pin)
 
     def predict(self, seq: Tensor, token_type: Tensor) -> Tensor:
         """(B, L) -> (B, D): the representation at the last (newest) slot."""

@@ -216,7 +216,7 @@ def test_model_with_host_gather_equals_buffer_path(items):
     neg = torch.randint(1, items + 1, (b, n), generator=gen)
     host = {"seq": seq.numpy(), "token_type": token_type.numpy(), "pos": pos.numpy(),
             "neg": neg.numpy()}
-    item_mm = model.host_item_mm(host, "cpu")
+    item_mm = model.host_item_mm(host)
     assert (item_mm is None) == (items == 40)
     got_pos, got_neg = model(seq, token_type, pos, neg, item_mm=item_mm)
     fallback_pos, _ = model(seq, token_type, pos, neg)  # gathered inside forward
@@ -231,7 +231,7 @@ def test_model_with_host_gather_equals_buffer_path(items):
     # a softmax loss looks up (inputs, pos) and shared candidates, not neg: the rows the host
     # gathered for the whole batch (a superset) give the same vectors
     cand = torch.tensor([5, 1, items, 17])
-    item_mm = model.host_item_mm({**host, "cand": cand.numpy()}, "cpu")
+    item_mm = model.host_item_mm({**host, "cand": cand.numpy()})
     feats, pos_v, neg_v, cand_v = model(seq, token_type, pos, None, cand, vectors=True,
                                         item_mm=item_mm)
     assert neg_v is None
@@ -259,3 +259,42 @@ def test_load_dataset_caches_the_converted_table(small_v1, tmp_path):
         for oid, v in vecs.items():
             np.testing.assert_array_equal(t[oids[oid]], v.astype(np.float16))
         assert not t[[r for o, r in oids.items() if o not in vecs]].any()
+
+
+def test_input_worker_gathers_the_multimodal_rows_ahead_of_the_step():
+    """main.host_inputs runs in the prefetch worker: the rows it gathers there are the ones the
+    loop would gather inline, and the loop only moves them (to_device)."""
+    import functools
+    import threading
+
+    import main
+    from input_pipeline import prefetch
+    items, users, dim, b, n = 5000, 7, 6, 3, 9
+    model = BaseModel(_schema(dim), _tables(items, users, dim), items, users, hidden_units=8,
+                      dropout_rate=0.0, maxlen=n - 1).eval()
+    gen = np.random.default_rng(4)
+    batches = [{"seq": gen.integers(1, items + 1, (b, n)), "token_type": np.ones((b, n), np.int64),
+                "pos": gen.integers(0, items + 1, (b, n)), "neg": gen.integers(1, items + 1, (b, n))}
+               for _ in range(4)]
+    threads = []
+
+    def prepare(batch):
+        threads.append(threading.current_thread().name)
+        return main.host_inputs(model, batch, pin=False)
+
+    ahead = list(prefetch(batches, 1, prepare=prepare))
+    assert threads == ["input-prefetch"] * 4
+    for batch, inputs in zip(batches, ahead):
+        want_ids, want_rows = model.host_item_mm(batch)
+        got = main.to_device(inputs, torch.device("cpu"))
+        got_ids, got_rows = got["item_mm"]
+        torch.testing.assert_close(got_ids, want_ids, rtol=0, atol=0)
+        torch.testing.assert_close(got_rows[0], want_rows[0], rtol=0, atol=0)
+        assert got_ids.tolist() == sorted(set(np.concatenate(
+            [batch[k].ravel() for k in ("seq", "pos", "neg")]).tolist()))
+        torch.testing.assert_close(got["seq"], torch.from_numpy(batch["seq"]), rtol=0, atol=0)
+        with torch.no_grad():  # the gathered rows serve forward as the inline path does
+            torch.testing.assert_close(model(got["seq"], got["token_type"], got["pos"], got["neg"],
+                                             item_mm=got["item_mm"])[0],
+                                       model(got["seq"], got["token_type"], got["pos"],
+                                             got["neg"])[0])
