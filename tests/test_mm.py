@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dataset import DataError
-from host_tables import HostTables
+from host_tables import HostTables, random_access
 from layouts import mm
 from model import BaseModel
 
@@ -157,19 +157,23 @@ def test_corrupt_parquet_part(tmp_path):
 # --------------------------------------------------------------------------- the host gather
 
 def test_host_gather_equals_indexing(tmp_path):
-    """A memory-mapped .npy table is read with pread, an in-memory one with np.take: both
-    give the rows of the ids, each distinct id once."""
+    """A memory-mapped .npy table (the cache's) and an in-memory one give the rows of the ids,
+    each distinct id once; the map is read in place, not copied into memory."""
     table = np.arange(40, dtype=np.float16).reshape(10, 4)
     np.save(tmp_path / "t.npy", table)
     ids = np.array([[3, 0, 3], [9, 1, 0]])
-    for host in (HostTables({"81": np.load(tmp_path / "t.npy", mmap_mode="r")}),
-                 HostTables({"81": table.copy()})):
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    for host in (HostTables({"81": mapped}), HostTables({"81": table.copy()})):
         uniq, (rows,) = host.gather(ids, "cpu")
         assert uniq.tolist() == [0, 1, 3, 9] and rows.shape == (4, 4)  # each distinct id once
         np.testing.assert_array_equal(rows.numpy(), table[uniq.numpy()])
-    assert host._files["81"] is None
-    assert HostTables({"81": np.load(tmp_path / "t.npy", mmap_mode="r")})._files["81"] is not None
+    source = HostTables({"81": mapped})._sources["81"]
+    assert source.data_ptr() == mapped.ctypes.data  # a view of the map
     assert HostTables({}).gather(ids, "cpu") is None
+    with pytest.raises(TypeError, match="float16/32/64"):
+        HostTables({"81": np.zeros((3, 2), np.int32)})
+    # read-around stays on while the table fits in half the memory
+    assert not random_access(8 << 30, 24 << 30) and random_access(13 << 30, 24 << 30)
 
 
 def _schema(dim: int) -> dict:
