@@ -275,6 +275,28 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_json_lists(path: Path, fields: list[tuple[str, object]], chunk: int = 65_536) -> None:
+    """A JSON object of scalar and list fields, the lists (Python lists or numpy arrays, one
+    element per user) written `chunk` elements at a time: the text of 10M users' top-10s never
+    exists at once. The same text as json.dumps of the whole object."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write("{")
+        for n, (key, value) in enumerate(fields):
+            f.write(f"{', ' if n else ''}{json.dumps(key)}: ")
+            if not isinstance(value, (list, np.ndarray)):
+                f.write(json.dumps(value, default=_plain))
+                continue
+            f.write("[")
+            for start in range(0, len(value), chunk):
+                part = value[start:start + chunk]
+                part = part.tolist() if isinstance(part, np.ndarray) else part
+                f.write((", " if start else "") + json.dumps(part, default=_plain)[1:-1])
+            f.write("]")
+        f.write("}")
+    os.replace(tmp, path)
+
+
 def _plain(value):
     """numpy scalars (raw ids in a numpy-built indexer) -> Python scalars for JSON."""
     if isinstance(value, np.generic):
@@ -284,6 +306,8 @@ def _plain(value):
 
 def write_outputs(output: Path, data: InferenceData, top: Tensor, q_reduced: Tensor,
                   v_reduced: Tensor) -> dict:
+    """The vector files, the id map, and --output: {"users": [...], "top10s": [[...]]}.
+    Returns {"users": list, "top10s": (users, k) int64 array of creative ids}."""
     output.parent.mkdir(parents=True, exist_ok=True)
     folder = output.parent
     write_vectors(folder / "embedding.fbin", v_reduced.cpu().numpy(), np.float32)
@@ -292,23 +316,24 @@ def write_outputs(output: Path, data: InferenceData, top: Tensor, q_reduced: Ten
     write_json(folder / "retrieve_id2creative_id.json",
                {str(r): int(c) for r, c in zip(data.cand_retrieval_ids.tolist(),
                                                data.cand_creative_ids.tolist())})
-    result = {"users": list(data.users),
-              "top10s": data.cand_creative_ids[top.numpy()].tolist()}
-    write_json(output, result)  # last: its presence means every output is complete
+    result = {"users": data.users, "top10s": data.cand_creative_ids[top.numpy()]}
+    write_json_lists(output, list(result.items()))  # last: its presence means all is complete
     return result
 
 
 def write_official_result(folder: Path, result: dict) -> None:
     """The official eval.py's result.json: {"time": unix seconds, "top10s", "user"}."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "result.json", {"time": int(time.time()), "top10s": result["top10s"],
-                                        "user": result["users"]})
+    write_json_lists(folder / "result.json", [("time", int(time.time())),
+                                              ("top10s", result["top10s"]),
+                                              ("user", result["users"])])
 
 
 # --------------------------------------------------------------------------- main
 
 def main(argv=None) -> dict:
-    """Run inference; returns {"users", "top10s"} as written to --output."""
+    """Run inference; returns {"users": list, "top10s": (users, k) array}, as written to
+    --output."""
     args = parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,

@@ -32,6 +32,13 @@ ADAPTIVE = ["--use_adaptive_similarity", "--similarity_types", "dot", "cosine", 
             "bilinear"]
 
 
+def run_infer(argv: list[str]) -> dict:
+    """infer.main with its top-10s as lists (it returns a (users, k) array), as in the JSON."""
+    result = infer.main(argv)
+    assert isinstance(result["top10s"], np.ndarray) and result["top10s"].ndim == 2
+    return {"users": result["users"], "top10s": result["top10s"].tolist()}
+
+
 def train(root: Path, cache: Path, extra=(), data_dir=None) -> Path:
     """main.main with every folder under root; -> the last checkpoint folder."""
     import main
@@ -62,7 +69,7 @@ def results(demo):
     out = {}
     for name, path in demo["ckpt"].items():
         output = demo["root"] / f"out_{name}" / "top10.json"
-        out[name] = (infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
+        out[name] = (run_infer(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                                  str(path), "--output", str(output), "--device", "cpu",
                                  "--batch_size", "64", "--no-exclude_seen"]), output)
     return out
@@ -351,14 +358,14 @@ def test_schema_rediscovered_when_the_checkpoint_lacks_it(demo, results, tmp_pat
     saved = torch.load(Path(demo["ckpt"]["dot"]) / "model.pt", weights_only=True)
     del saved["config"]["data"]
     torch.save(saved, tmp_path / "old.pt")
-    result = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
+    result = run_infer(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                          str(tmp_path / "old.pt"), "--output", str(tmp_path / "r.json"),
                          "--device", "cpu", "--no-exclude_seen"])
     assert result == results["dot"][0]
 
 
 def test_amp_bf16_runs(demo, results, tmp_path):
-    got = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
+    got = run_infer(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                       str(demo["ckpt"]["dot"]), "--output", str(tmp_path / "r.json"),
                       "--device", "cpu", "--amp", "bf16", "--topk", "5", "--no-exclude_seen"])
     exact = results["dot"][0]
@@ -374,7 +381,7 @@ def test_faiss_equals_exact(demo, results, tmp_path):
     for name in ("dot", "adaptive"):
         exact, _ = results[name]
         out = tmp_path / name / "r.json"
-        got = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
+        got = run_infer(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                           str(demo["ckpt"][name]), "--output", str(out), "--device", "cpu",
                           "--ann", "faiss", "--no-exclude_seen"])
         assert got["users"] == exact["users"]
@@ -428,7 +435,7 @@ def test_planted_next_item_comes_first(tmp_path):
               "features": {"200": f"v{2 * j + 1}"}} for j in range(PAIRS)]
     eval_dir = tmp_path / "pairs_eval"
     write_inference_dir(eval_dir, train_dir, queries, cands, feature_kinds=PAIR_KINDS)
-    result = infer.main(["--eval_data_dir", str(eval_dir), "--state_dict_path", str(ckpt_path),
+    result = run_infer(["--eval_data_dir", str(eval_dir), "--state_dict_path", str(ckpt_path),
                          "--output", str(tmp_path / "out" / "top10.json"), "--device", "cpu",
                          "--topk", "3"])
     want = [u.events[-1][0] + 1 for u in queries]
@@ -442,10 +449,23 @@ def test_small_chunks_give_the_same_result_and_log_users_per_second(demo, result
     """--score_chunk / --vector_chunk change only memory, never the ranking; the run ends with
     users/s (docs/speed.md)."""
     with caplog.at_level(logging.INFO, logger="infer"):
-        got = infer.main(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
+        got = run_infer(["--eval_data_dir", str(demo["eval"]), "--state_dict_path",
                           str(demo["ckpt"]["dot"]), "--output", str(tmp_path / "r.json"),
                           "--device", "cpu", "--batch_size", "64", "--no-exclude_seen",
                           "--score_chunk", "7", "--vector_chunk", "5"])
     assert got == results["dot"][0]
     assert any("users/s" in r.getMessage() and f"{len(got['users'])} users" in r.getMessage()
                for r in caplog.records)
+
+
+def test_json_lists_are_written_in_chunks_as_json_dumps_writes_them(tmp_path):
+    users = ["a", 7, np.int64(9), 'x"y']
+    top = np.arange(12, dtype=np.int64).reshape(4, 3)
+    fields = [("time", 5), ("top10s", top), ("user", users)]
+    want = json.dumps({"time": 5, "top10s": top.tolist(), "user": [u if not isinstance(u, np.generic)
+                                                                  else u.item() for u in users]})
+    for chunk in (1, 3, 4, 100):
+        infer.write_json_lists(tmp_path / "r.json", fields, chunk=chunk)
+        assert (tmp_path / "r.json").read_text() == want
+    infer.write_json_lists(tmp_path / "e.json", [("users", []), ("top10s", np.zeros((0, 10)))])
+    assert json.loads((tmp_path / "e.json").read_text()) == {"users": [], "top10s": []}

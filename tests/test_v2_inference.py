@@ -17,6 +17,13 @@ from layouts import inference_v2
 from layouts.write_v2 import write_v2_dataset
 
 
+def run_infer(argv: list[str]) -> dict:
+    """infer.main with its top-10s as lists (it returns a (users, k) array), as in the JSON."""
+    result = infer.main(argv)
+    assert isinstance(result["top10s"], np.ndarray) and result["top10s"].ndim == 2
+    return {"users": result["users"], "top10s": result["top10s"].tolist()}
+
+
 # --------------------------------------------------------------------------- decoding
 
 @pytest.mark.parametrize("flag", ["cold_start", "is_str"])
@@ -71,7 +78,7 @@ def trained(tmp_path_factory):
 
 def run(root, data_dir, ckpt, name, *extra):
     out = root / name / "top10.json"
-    result = infer.main(["--eval_data_dir", str(data_dir), "--state_dict_path", str(ckpt),
+    result = run_infer(["--eval_data_dir", str(data_dir), "--state_dict_path", str(ckpt),
                          "--output", str(out), "--device", "cpu", "--topk", "3", *extra])
     assert json.loads(out.read_text()) == result
     return result
