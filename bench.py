@@ -139,6 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "evaluates at epoch 20, which is not training time")
     if args.peer_pmixer:
         args.peer_pmixer = str(bench_peers.check_pmixer_dir(args.peer_pmixer))
+        if args.peer_rounds > args.steps:
+            raise SystemExit(f"--peer_rounds {args.peer_rounds} needs at least as many --steps "
+                             f"(the peer runs after each 1/N of them), got {args.steps}")
     args.loss_cases = [loss_case(args, f"{args.loss}:{args.num_negatives}" if
                                  args.num_negatives else args.loss)]
     args.loss_cases += [loss_case(args, spec) for spec in args.compare_loss]

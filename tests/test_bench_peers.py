@@ -57,6 +57,9 @@ def test_peer_folder_and_epochs_are_checked(tmp_path, fake_pmixer):
         bench.parse_args(["--peer_pmixer", str(tmp_path)])
     with pytest.raises(SystemExit, match="evaluates at epoch 20"):
         bench.parse_args(["--peer_pmixer", str(fake_pmixer[0]), "--peer_epochs", "20"])
+    with pytest.raises(SystemExit, match="needs at least as many --steps"):
+        bench.parse_args(["--peer_pmixer", str(fake_pmixer[0]), "--peer_rounds", "4",
+                          "--steps", "3"])
 
 
 def test_bench_times_the_peer_between_its_steps(demo_cache, fake_pmixer):
