@@ -7,6 +7,8 @@ longer than the window: the profile token stays pinned in slot 0, so user featur
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,16 +221,41 @@ class TrainBatches:
         per_rank = -(-len(self.ranges) // self.world_size)
         return -(-per_rank // self.batch_size)
 
-    def epoch(self, epoch: int, start: int = 0):
+    def epoch(self, epoch: int, start: int = 0, assemblers: int = 0):
         """The batches of `epoch`, from batch number `start` on (a mid-epoch resume; the
-        sampler must then hold its state as of that batch)."""
+        sampler must then hold its state as of that batch). With `assemblers` > 0 the windows
+        and histories of the coming batches (deterministic numpy work that releases the GIL)
+        are built by that many threads ahead, and the negatives are drawn here, in batch order,
+        from the one random stream: the same batches as without them."""
+        ranges = self._batch_ranges(epoch, start)
+        if assemblers <= 0:
+            for r in ranges:
+                yield self._with_negatives(self.assemble(r))
+            return
+        with ThreadPoolExecutor(assemblers, thread_name_prefix="batch-assembly") as pool:
+            ahead: deque = deque()
+            for r in ranges:
+                ahead.append(pool.submit(self.assemble, r))
+                if len(ahead) > 2 * assemblers:
+                    yield self._with_negatives(ahead.popleft().result())
+            while ahead:
+                yield self._with_negatives(ahead.popleft().result())
+
+    def _batch_ranges(self, epoch: int, start: int):
         rows = self._rows(epoch)
         for b in range(start * self.batch_size, len(rows), self.batch_size):
-            yield self.make_batch(self.ranges.take(rows[b:b + self.batch_size]))
+            yield self.ranges.take(rows[b:b + self.batch_size])
 
     def make_batch(self, ranges: Ranges) -> dict[str, np.ndarray]:
-        batch = training_arrays(self.seqs, ranges, self.maxlen)
-        hist, offsets = item_histories(self.seqs, ranges)
+        return self._with_negatives(self.assemble(ranges))
+
+    def assemble(self, ranges: Ranges) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """The deterministic part of a batch: its arrays and its users' item histories."""
+        return (training_arrays(self.seqs, ranges, self.maxlen), *item_histories(self.seqs, ranges))
+
+    def _with_negatives(self, assembled) -> dict[str, np.ndarray]:
+        """The random part, in batch order: per-position negatives, then the shared ones."""
+        batch, hist, offsets = assembled
         batch["neg"] = self.sampler.sample(hist, offsets, batch["pos"] != 0)
         shared = getattr(self.sampler, "shared_negatives", None)  # losses other than BCE-1
         if shared is not None:

@@ -364,8 +364,8 @@ class Case:
             torch.manual_seed(self.args.seed * 100_003 + epoch)
             prepare = functools.partial(main.host_inputs, self.model,
                                         pin=self.device.type == "cuda")
-            yield from prefetch(self.batches.epoch(epoch), self.args.input_workers,
-                                prepare=prepare)
+            source = self.batches.epoch(epoch, assemblers=max(self.args.input_workers - 1, 0))
+            yield from prefetch(source, self.args.input_workers, prepare=prepare)
 
     def step(self) -> dict:
         self.model.train()
@@ -466,7 +466,8 @@ def input_throughput(args, data: Dataset, split, workers: int, batches: int,
     sampler = main.make_sampler(args, data, split, seed=args.seed + 1)
     source = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler,
                           seed=args.seed)
-    stream = prefetch(_repeat_epochs(source), workers, prepare=pin_batch if pin else None)
+    stream = prefetch(_repeat_epochs(source, max(workers - 1, 0)), workers,
+                      prepare=pin_batch if pin else None)
     iterator = iter(stream)
     next(iterator)
     start, seqs = time.perf_counter(), 0
@@ -478,12 +479,12 @@ def input_throughput(args, data: Dataset, split, workers: int, batches: int,
     return seqs / seconds
 
 
-def _repeat_epochs(batches: TrainBatches):
+def _repeat_epochs(batches: TrainBatches, assemblers: int = 0):
     epoch = 0
     while True:
         epoch += 1
         batches.sampler.set_epoch(epoch)
-        yield from batches.epoch(epoch)
+        yield from batches.epoch(epoch, assemblers=assemblers)
 
 
 # the kernels that do a step's matrix products (linear layers, bmm of the attention)

@@ -309,7 +309,10 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     step_on_device = torch.full((), state.global_step, dtype=torch.long, device=device)
     prepare = functools.partial(host_inputs, model, pin=device.type == "cuda")
-    stream = prefetch(batches.epoch(state.epoch), args.input_workers, prepare=prepare)
+    # N workers: N - 1 threads assemble batches ahead, one draws their negatives in order and
+    # hands them on, N - 1 prepare them for the step (input_pipeline.py)
+    source = batches.epoch(state.epoch, assemblers=max(args.input_workers - 1, 0))
+    stream = prefetch(source, args.input_workers, prepare=prepare)
     bar = tqdm(stream, total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)
     for i, inputs in enumerate(bar):

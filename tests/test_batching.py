@@ -200,17 +200,17 @@ def test_negatives_follow_the_exclusion_rule(generated, smart):
 
 def _epoch_with_lines(batches: TrainBatches, epoch: int, seen: list):
     """batches.epoch(epoch), recording the line indices of each batch in `seen`."""
-    original = batches.make_batch
+    original = batches.assemble
 
     def recording(ranges):
         seen.append(np.asarray(ranges.lines).copy())
         return original(ranges)
 
-    batches.make_batch = recording
+    batches.assemble = recording
     try:
         yield from batches.epoch(epoch)
     finally:
-        del batches.make_batch
+        del batches.assemble
 
 
 # --------------------------------------------------------------------------- hand examples
@@ -306,9 +306,9 @@ class _Recorder(TrainBatches):
         super().__init__(*a, **kw)
         self.lines: list[list[int]] = []
 
-    def make_batch(self, ranges: Ranges):
+    def assemble(self, ranges: Ranges):
         self.lines.append(ranges.lines.tolist())
-        return super().make_batch(ranges)
+        return super().assemble(ranges)
 
     def order(self, epoch: int) -> list[int]:
         self.lines = []

@@ -36,10 +36,12 @@ def _batches(seqs, sampler_seed=1) -> TrainBatches:
 
 
 def _run(batches, epochs, workers):
+    """As main.py runs an epoch: N workers = N - 1 assembly threads + the prefetch worker."""
     out = []
     for epoch in epochs:
         batches.sampler.set_epoch(epoch)
-        out += list(prefetch(batches.epoch(epoch), workers, state=batches.sampler.state_dict))
+        source = batches.epoch(epoch, assemblers=max(workers - 1, 0))
+        out += list(prefetch(source, workers, state=batches.sampler.state_dict))
     return out
 
 
@@ -53,6 +55,7 @@ def _assert_same(got, want):
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_worker_yields_the_synchronous_batches_in_order_for_two_epochs(workers):
+    """workers 3: two threads assemble ahead, the negatives are drawn in order."""
     seqs = _seqs()
     want = _run(_batches(seqs), [1, 2], workers=0)
     sync_sampler = _batches(seqs)
@@ -112,3 +115,22 @@ def test_pinned_batches_hold_the_same_values():
     pinned = pin_batch(batch)
     assert all(t.is_pinned() for t in pinned.values())
     assert torch.equal(pinned["seq"], torch.from_numpy(batch["seq"]))
+
+
+def test_assembly_threads_give_the_synchronous_batches_and_stop_cleanly():
+    seqs = _seqs()
+    want = list(_batches(seqs).epoch(1))
+    threaded = _batches(seqs)
+    _assert_same(list(threaded.epoch(1, assemblers=2)), want)
+    # a mid-epoch resume: the sampler state after 2 batches, then batches 2.. with threads
+    first = _batches(seqs)
+    stream = first.epoch(1)
+    next(stream), next(stream)
+    resumed = _batches(seqs)
+    resumed.sampler.load_state_dict(first.sampler.state_dict())
+    _assert_same(list(resumed.epoch(1, start=2, assemblers=4)), want[2:])
+    # an early stop: the generator closed with work still queued ends its threads
+    early = _batches(seqs).epoch(1, assemblers=2)
+    next(early)
+    early.close()
+    assert not any(t.name.startswith("batch-assembly") for t in threading.enumerate())
