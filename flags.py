@@ -117,9 +117,10 @@ def _training_flags(g) -> None:
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="bf16 autocast for the model; losses and metrics stay fp32")
     g.add_argument("--input_workers", type=non_negative_int, default=1,
-                   help="0: batches (windows, negatives) built inline between steps; 1: built "
-                        "ahead of the model by a background thread, same batches in the same order; "
-                        "more: extra threads pin the batches for CUDA copies")
+                   help="0: batches (windows, negatives, multimodal rows) built inline between "
+                        "steps; 1: built ahead of the model by a background thread, same batches in "
+                        "the same order; N > 1: N - 1 more threads assemble batches ahead and N - 1 "
+                        "prepare them (pinning, multimodal rows); negatives stay one ordered stream")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile (inductor) the model's forward and backward; off by default: "
                         "on CPU its minutes of compilation were not won back (docs/speed.md)")
