@@ -55,7 +55,7 @@ from cli_types import int_at_least, non_negative_int, positive_int
 from batching import Queries, TrainBatches, leave_one_out_split
 from dataset import Dataset, FeatureSchema, FeatureTables, SequenceData, TOKEN_ITEM
 from evaluate import evaluate
-from input_pipeline import pin_batch, prefetch
+from input_pipeline import assembly_threads, pin_batch, prefetch
 from model import ATTENTION_IMPLS, BaseModel, score_blocks
 from similarity import DotSimilarity
 
@@ -364,7 +364,8 @@ class Case:
             torch.manual_seed(self.args.seed * 100_003 + epoch)
             prepare = functools.partial(main.host_inputs, self.model,
                                         pin=self.device.type == "cuda")
-            source = self.batches.epoch(epoch, assemblers=max(self.args.input_workers - 1, 0))
+            source = self.batches.epoch(epoch,
+                                        assemblers=assembly_threads(self.args.input_workers))
             yield from prefetch(source, self.args.input_workers, prepare=prepare)
 
     def step(self) -> dict:
@@ -466,7 +467,7 @@ def input_throughput(args, data: Dataset, split, workers: int, batches: int,
     sampler = main.make_sampler(args, data, split, seed=args.seed + 1)
     source = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler,
                           seed=args.seed)
-    stream = prefetch(_repeat_epochs(source, max(workers - 1, 0)), workers,
+    stream = prefetch(_repeat_epochs(source, assembly_threads(workers)), workers,
                       prepare=pin_batch if pin else None)
     iterator = iter(stream)
     next(iterator)

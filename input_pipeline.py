@@ -139,3 +139,9 @@ def prefetch(source: Iterable, workers: int, depth: int | None = None,
         return map(prepare, source) if prepare else source
     return Prefetcher(source, depth or 2 * workers + 2, state=state,
                       transform=prepare, transform_workers=workers - 1)
+
+
+def assembly_threads(workers: int) -> int:
+    """Threads that assemble batches ahead (TrainBatches.epoch's `assemblers`) for N input
+    workers: all but the prefetch worker, which draws the negatives in batch order."""
+    return max(workers - 1, 0)

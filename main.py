@@ -35,7 +35,7 @@ from dataset import DataError, load_dataset
 from evaluate import evaluate
 from flags import AMP_DTYPES, build_parser, parse_args
 from host_tables import move_item_mm
-from input_pipeline import prefetch
+from input_pipeline import assembly_threads, prefetch
 from model import BaseModel, ModelConfigError
 from optim import build_optimizer
 from sampling import build_sampler
@@ -311,7 +311,7 @@ def train_epoch(model, optimizer, batches, args, device, amp_dtype, writer, stat
     prepare = functools.partial(host_inputs, model, pin=device.type == "cuda")
     # N workers: N - 1 threads assemble batches ahead, one draws their negatives in order and
     # hands them on, N - 1 prepare them for the step (input_pipeline.py)
-    source = batches.epoch(state.epoch, assemblers=max(args.input_workers - 1, 0))
+    source = batches.epoch(state.epoch, assemblers=assembly_threads(args.input_workers))
     stream = prefetch(source, args.input_workers, prepare=prepare)
     bar = tqdm(stream, total=len(batches), desc=f"epoch {state.epoch}",
                disable=None if dist.is_main() else True, leave=False)

@@ -10,7 +10,7 @@ import torch
 
 from batching import Ranges, TrainBatches
 from dataset import SequenceData, TOKEN_ITEM
-from input_pipeline import Prefetcher, pin_batch, prefetch
+from input_pipeline import Prefetcher, assembly_threads, pin_batch, prefetch
 from sampling import build_sampler
 
 
@@ -40,7 +40,7 @@ def _run(batches, epochs, workers):
     out = []
     for epoch in epochs:
         batches.sampler.set_epoch(epoch)
-        source = batches.epoch(epoch, assemblers=max(workers - 1, 0))
+        source = batches.epoch(epoch, assemblers=assembly_threads(workers))
         out += list(prefetch(source, workers, state=batches.sampler.state_dict))
     return out
 
