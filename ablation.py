@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cli_types import positive_int
+from training.cli_types import positive_int
 
 log = logging.getLogger("ablation")
 ROOT = Path(__file__).resolve().parent
@@ -150,11 +150,11 @@ def check_train_flags(train_flags: list[str], configs: list[str]) -> None:
     """Fail before any run starts when main.py would reject a run's flags, when a training flag is
     one this script sets, or when it changes what a configuration sets (then the baseline would
     not be the baseline). Parsing with main.py's own parser also catches abbreviations."""
-    import main as trainer  # torch import: only when a study is (re)started
+    from training.flags import parse_args  # torch import: only when a study is (re)started
 
     def parse(flags: list[str], what: str) -> dict:
         try:
-            return vars(trainer.parse_args(flags))
+            return vars(parse_args(flags))
         except SystemExit:
             raise StudyError(f"main.py rejects the flags of {what}: {' '.join(flags)} "
                              "(its message is above)") from None
@@ -265,7 +265,7 @@ def run_command(run: Run, args, resume: bool) -> list[str]:
 
 
 def has_checkpoint(run: Run) -> bool:
-    import checkpoint  # torch import: only when runs start
+    from run_files import checkpoint  # torch import: only when runs start
     return checkpoint.latest_checkpoint(run.dir / "ckpt") is not None
 
 
@@ -379,10 +379,11 @@ def stop(running: list[Job], grace_s: float = 15.0) -> None:
 def prepare_data(args) -> None:
     """With several jobs, parse the data (and write the demo) once before they start, so they do
     not all parse it at the same time. main.py's own functions: the same paths and cache keys."""
-    import main as trainer
+    from training.flags import parse_args
+    from training.setup import load_data
     flags = [*(["--data_dir", args.data_dir] if args.data_dir else []), *args.train_flags,
              "--cache_dir", str(args.out / "cache")]
-    trainer.load_data(trainer.parse_args(flags))
+    load_data(parse_args(flags))
 
 
 # --------------------------------------------------------------------------- results

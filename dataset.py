@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import safe_pickle
-import tempdirs
-from data_rules import check_feature_id, check_schema_document, finite_float32, show
+from layouts import safe_pickle
+from run_files import tempdirs
+from layouts.data_rules import check_feature_id, check_schema_document, finite_float32, show
 
 try:  # orjson parses seq.jsonl several times faster; plain json is the fallback
     import orjson

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-import safe_pickle
-from cli_types import int_at_least, non_negative_int, positive_int
+from layouts import safe_pickle
+from training.cli_types import int_at_least, non_negative_int, positive_int
 from layouts.write_v1 import UserHistory, write_inference_dir, write_v1_dataset
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import bench
-import main
-import objective
-from cli_types import non_negative_int, positive_int
+from benchmarks import cases, flops
+from training import flags as train_flags, setup
+from objectives import objective
+from training.cli_types import non_negative_int, positive_int
 
 PRECISIONS = {"fp32": "none", "bf16": "bf16"}  # label -> --amp
 
@@ -36,7 +36,7 @@ class NoCuda(RuntimeError):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = main.build_parser()
+    p = train_flags.build_parser()
     p.description = __doc__.splitlines()[0]
     g = p.add_argument_group("gpu check")
     g.add_argument("--steps", type=positive_int, default=300, help="timed training steps per precision")
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--json", default=None, help="write the results here as JSON")
     g.add_argument("--peak_size", type=positive_int, default=None,
                    help="side of the square matmul that measures the peak "
-                        f"(default {bench.PEAK_SIZE} on CPU, {bench.PEAK_SIZE_CUDA} on CUDA)")
+                        f"(default {flops.PEAK_SIZE} on CPU, {flops.PEAK_SIZE_CUDA} on CUDA)")
     p.set_defaults(device="cuda", num_epochs=1)
     args = p.parse_args(argv)
     error = objective.check_args(args)
@@ -58,7 +58,7 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise NoCuda("no CUDA device on this machine: gpu_check.py is for GPUs "
                      "(for a CPU smoke test: python gpu_check.py --device cpu --steps 20)")
-    return main.resolve_device(name, 0)
+    return setup.resolve_device(name, 0)
 
 
 def run_precision(label: str, args, data, split, device: torch.device) -> dict:
@@ -68,14 +68,14 @@ def run_precision(label: str, args, data, split, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    case = bench.Case(label, a, data, split, device)
-    bench.run_cases([case], args.warmup, args.steps)
+    case = cases.Case(label, a, data, split, device)
+    cases.run_cases([case], args.warmup, args.steps)
     evaluation = case.evaluate()
     memory = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
               else float("nan"))  # read before the peak's matrices are allocated
-    peak = bench.matmul_peak(device, main.AMP_DTYPES[a.amp] or torch.float32, 10,
-                             args.peak_size or bench.peak_size(device))
-    summary = case.summary(peak, bench.matmul_seconds(case))
+    peak = flops.matmul_peak(device, train_flags.AMP_DTYPES[a.amp] or torch.float32, 10,
+                             args.peak_size or flops.peak_size(device))
+    summary = case.summary(peak, flops.matmul_seconds(case))
     metrics = evaluation["eval_metrics"]
     return {
         "train_seq_per_s": summary["train_seq_per_s"], "step_ms_median": summary["step_ms_median"],
@@ -109,10 +109,10 @@ def report(results: dict[str, dict]) -> str:
 def check(argv=None) -> dict[str, dict]:
     """Run both precisions; -> {precision: numbers}. Raises NoCuda without a GPU."""
     args = parse_args(argv)
-    main.setup_logging("", rank=1)  # warnings only; this script prints its own table
+    setup.setup_logging("", rank=1)  # warnings only; this script prints its own table
     device = _device(args.device)
-    data = main.load_data(args)
-    split = main.make_split(args, data)
+    data = setup.load_data(args)
+    split = setup.make_split(args, data)
     name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"device {device}{name}; "
           f"{split.train.lines.size} training sequences, {data.itemnum} items; "

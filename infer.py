@@ -32,15 +32,17 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-import checkpoint as ckpt
-from cli_types import device_name, positive_int
-from batching import Ranges, query_arrays
+from run_files import checkpoint as ckpt
+from training.cli_types import device_name, positive_int
+from inputs.batching import Ranges, query_arrays
 from dataset import BAD_RECORD_POLICIES, DataError, FeatureSchema
-import seen as seen_filter
+from evaluation import seen as seen_filter
 from layouts.inference_v1 import InferenceData
 from layouts.inference_v2 import load_inference
-from main import AMP_DTYPES, autocast, build_model, feature_tensors, resolve_device, to_device
-from main import build_parser as training_parser
+from training.flags import AMP_DTYPES
+from training.flags import build_parser as training_parser
+from training.setup import build_model, feature_tensors, resolve_device
+from training.step import autocast, to_device
 from model import BaseModel
 
 log = logging.getLogger("infer")
@@ -51,7 +53,7 @@ ANN_METHODS = ("exact", "faiss")
 RESULT_NAME = "top10.json"
 SCORE_BUDGET = 2 ** 24  # scores held at once per exact top-k step (64 MB in fp32)
 # On CPU a 4 MB score block stays in cache: 1.4-1.8x the users/s of 64 MB blocks at 660k x 32
-# (bench_infer.py, docs/speed.md); a GPU wants the large blocks.
+# (benchmarks/inference.py, docs/speed.md); a GPU wants the large blocks.
 CPU_SCORE_BUDGET = 2 ** 20
 
 

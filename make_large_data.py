@@ -42,7 +42,7 @@ import numpy as np
 import orjson
 
 from dataset import load_dataset
-from cli_types import int_at_least, non_negative_int, positive_int
+from training.cli_types import int_at_least, non_negative_int, positive_int
 
 ITEM_FEATURES = {"100": 50, "101": 5000}  # fid -> vocabulary
 USER_FEATURES = {"103": 8, "104": 3}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from host_tables import HostTables, ItemMM
+from inputs.host_tables import HostTables, ItemMM
 from similarity import DotSimilarity
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
@@ -84,7 +84,7 @@ def score_blocks(nq: int, nk: int, impl: str, causal: bool) -> list[tuple[int, i
     """(first query, end query, keys) blocks that the fast path computes of an (nq, nk) score
     matrix. With a causal mask, query rows [0, L/2) need keys [0, L/2) only, so "fast" skips the
     top-right quarter, where every weight is 0 ("autograd" too); "fast_full" (and a non-causal
-    mask) computes it all. bench.step_flops counts FLOPs from the same blocks."""
+    mask) computes it all. benchmarks.flops.step_flops counts FLOPs from the same blocks."""
     if causal and impl in ("fast", "autograd") and nq == nk and nq >= 2:
         half = nq // 2
         return [(0, half, half), (half, nq, nq)]
@@ -283,7 +283,7 @@ class FeatureEmbedder(nn.Module):
     tables: item_sparse (I+1, S) int, item_array (I+1, A, W) int, item_continual (I+1, C) float,
     the same for user_*, and mm_<fid> (I+1, dim) float; row 0 is zeros, so padding and missing
     values embed to zero exactly as the baseline's filled-in defaults did. The mm_<fid> tables
-    (numpy arrays or memmaps, or CPU tensors) stay on the host (`host_mm`, host_tables.py): only
+    (numpy arrays or memmaps, or CPU tensors) stay on the host (`host_mm`, inputs/host_tables.py): only
     the rows a batch uses reach the device, projected by emb_transform as the baseline does.
     Optional item_emb_id / user_emb_id (rows,) int map a table row to its id-embedding row; by
     default row r uses id r. Inference uses them for cold users and items: rows of their own

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import ablation
@@ -22,7 +21,7 @@ def run_history(run: ablation.Run) -> list[dict]:
     """The run's per-epoch history ([] when it has not validated yet)."""
     if run.finished():
         return json.loads(run.metrics_path.read_text()).get("history", [])
-    import checkpoint  # torch import: only for unfinished runs
+    from run_files import checkpoint  # torch import: only for unfinished runs
     latest = checkpoint.latest_checkpoint(run.dir / "ckpt")
     if latest is None:
         return []

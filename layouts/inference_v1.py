@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_rules import show
+from layouts.data_rules import show
 import dataset  # discover_schema, mm_dim: the parse training does
 from dataset import (TOKEN_ITEM, TOKEN_PROFILE, BadRecords, DataError, FeatureSchema,
                      FeatureTables, SequenceData, fill_feature_tables, find_mm_source,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_rules import finite_float32, show
+from layouts.data_rules import finite_float32, show
 from dataset import (ACTION_NULL, TOKEN_ITEM, TOKEN_PROFILE, BadRecords, DataError, Dataset,
                      FeatureTables, SequenceData, check_indexer, convert_mm_tables,
                      discover_schema, fill_feature_tables, find_mm_source, json_loads,

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import dataset as ds
-from data_rules import check_feature_id, not_finite_float32
+from layouts.data_rules import check_feature_id, not_finite_float32
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-import safe_pickle
-
+from layouts import safe_pickle
 USER_KINDS = ("user_sparse", "user_array", "user_continual")
 ITEM_KINDS = ("item_sparse", "item_array", "item_continual")
 FEATURE_KINDS = USER_KINDS + ITEM_KINDS

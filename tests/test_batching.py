@@ -1,4 +1,4 @@
-"""batching.py against the baseline's sample construction, written here as plain Python loops.
+"""inputs/batching.py against the baseline's sample construction, written here as plain Python loops.
 
 Parity: generated V1 data (users with and without profile, profile record first and last, lines
 longer than the window, short lines, featureless items, null and unknown action types) is read
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from batching import (Ranges, TrainBatches, all_lines, item_histories, leave_one_out_split,
+from inputs.batching import (Ranges, TrainBatches, all_lines, item_histories, leave_one_out_split,
                       query_arrays, random_user_split, training_arrays, window_index)
 from dataset import SequenceData, load_dataset
 from sampling import SmartNegativeSampler, build_sampler
@@ -76,7 +76,7 @@ def _reference_tokens(data_dir) -> dict[int, list[tuple[int, int, int]]]:
 
 def _reference_sample(toks, maxlen: int) -> dict[str, list[int]]:
     """The original baseline's training loop over one token list."""
-    if toks[0][1] == PROFILE and len(toks) > maxlen + 2:  # pinned-profile rule (batching.py)
+    if toks[0][1] == PROFILE and len(toks) > maxlen + 2:  # pinned-profile rule (inputs/batching.py)
         toks = [toks[0]] + toks[-(maxlen + 1):]
     names = ("seq", "token_type", "next_token_type", "next_action_type", "pos")
     out = {k: [0] * (maxlen + 1) for k in names}

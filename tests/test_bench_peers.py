@@ -1,4 +1,4 @@
-"""bench.py's peer timing (bench_peers.py) against a stand-in peer written here: a main.py that
+"""bench.py's peer timing (benchmarks/peers.py) against a stand-in peer written here: a main.py that
 takes pmixer/SASRec.pytorch's flags and prints its per-step lines, so no peer code is needed."""
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import textwrap
 import pytest
 
 import bench
-import bench_peers
-
+from benchmarks import peers as bench_peers
 # Prints pmixer's step lines; records its argv and checks the data link it was given.
 FAKE_MAIN = textwrap.dedent("""
     import sys, time

@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 import main as main_mod
-from batching import competition_split
+
+from training import flags, setup, validation
+from inputs.batching import competition_split
 from conftest import DEMO_ITEMS, DEMO_USERS
 from dataset import SequenceData
-from evaluate import evaluate
-from metrics import MetricAccumulator
+from evaluation.evaluate import evaluate
+from evaluation.metrics import MetricAccumulator
 from similarity import DotSimilarity
 
 
@@ -121,18 +123,18 @@ def test_main_competition_protocol(demo_cache, tmp_path):
 
 def test_competition_flags_errors():
     with pytest.raises(SystemExit):
-        main_mod.parse_args(["--eval_protocol", "competition", "--eval_sampled", "100"])
+        flags.parse_args(["--eval_protocol", "competition", "--eval_sampled", "100"])
 
 
 def test_candidate_pool_from_the_data():
     from types import SimpleNamespace
     data = SimpleNamespace(itemnum=5)
-    assert main_mod.candidate_pool(data) is None  # no pool: all items
+    assert validation.candidate_pool(data) is None  # no pool: all items
     data.candidate_items = [2, 3]  # a pool the V2 reader attaches
-    assert main_mod.candidate_pool(data).tolist() == [2, 3]
+    assert validation.candidate_pool(data).tolist() == [2, 3]
     data.candidate_items = [2, 6]
     with pytest.raises(main_mod.DataError, match=r"candidate pool: item ids must be in 1..5"):
-        main_mod.candidate_pool(data)
+        validation.candidate_pool(data)
 
 
 def test_v2_candidate_folder_is_the_pool(tmp_path):
@@ -141,9 +143,9 @@ def test_v2_candidate_folder_is_the_pool(tmp_path):
     from demo_data import write_demo_dataset
     from layouts.inference_v2 import candidate_item_rids
     write_demo_dataset(tmp_path / "v2", num_users=40, num_items=120, seed=0, layout="v2")
-    args = main_mod.parse_args(["--data_dir", str(tmp_path / "v2"), "--eval_protocol",
+    args = flags.parse_args(["--data_dir", str(tmp_path / "v2"), "--eval_protocol",
                                 "competition", "--cache_dir", str(tmp_path / "cache")])
-    data = main_mod.load_data(args)
-    pool = main_mod.candidate_pool(data)
+    data = setup.load_data(args)
+    pool = validation.candidate_pool(data)
     assert pool.tolist() == candidate_item_rids(tmp_path / "v2").tolist()
     assert pool.tolist() == list(range(1, data.itemnum + 1))

@@ -14,28 +14,28 @@ import pytest
 import torch
 
 import bench
-import main
-from batching import TrainBatches
+from training import flags, setup, step
+from inputs.batching import TrainBatches
 
 BACKEND = "inductor" if os.environ.get("TAAC_TEST_INDUCTOR") == "1" else "aot_eager"
 
 
 def _loss_and_grads(compiled: bool, impl: str, dropout: str):
-    args = main.parse_args(["--maxlen", "8", "--hidden_units", "8", "--num_blocks", "2",
+    args = flags.parse_args(["--maxlen", "8", "--hidden_units", "8", "--num_blocks", "2",
                             "--device", "cpu", "--attention_impl", impl,
                             "--dropout_rate", dropout])
     data = bench.synthetic_dataset(50, 20, 8)
-    split = main.make_split(args, data)
-    sampler = main.make_sampler(args, data, split, seed=1)
+    split = setup.make_split(args, data)
+    sampler = setup.make_sampler(args, data, split, seed=1)
     batches = TrainBatches(data.seqs, split.train, args.maxlen, 8, sampler, seed=0)
-    batch = main.to_device(next(iter(batches.epoch(1))), torch.device("cpu"))
-    main.set_seed(0)
-    model = main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
+    batch = step.to_device(next(iter(batches.epoch(1))), torch.device("cpu"))
+    setup.set_seed(0)
+    model = setup.build_model(args, data.schema.to_dict(), setup.feature_tensors(data),
                              data.itemnum, data.usernum)
     if compiled:
-        main.compile_model(model, backend=BACKEND)
+        setup.compile_model(model, backend=BACKEND)
     torch.manual_seed(5)  # the same dropout draws in both runs
-    loss = main.compute_loss(model, batch, args, None)
+    loss = step.compute_loss(model, batch, args, None)
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 

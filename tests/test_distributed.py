@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-import checkpoint
+from run_files import checkpoint
 from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""evaluate.py against brute force, and leave-one-out training end to end (metrics.json)."""
+"""evaluation/evaluate.py against brute force, and leave-one-out training end to end (metrics.json)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import main as main_module
-from batching import item_histories, leave_one_out_split, query_arrays
-from evaluate import evaluate, format_table
+
+from training import flags, setup
+from inputs.batching import item_histories, leave_one_out_split, query_arrays
+from evaluation.evaluate import evaluate, format_table
 
 METRIC_KEYS = ["HR@1", "HR@5", "HR@10", "HR@20", "HR@50", "NDCG@1", "NDCG@5", "NDCG@10",
                "NDCG@20", "NDCG@50", "MRR", "AUC", "score", "num_users", "protocol"]
@@ -24,12 +26,12 @@ def dirs(tmp_path) -> list[str]:
 @pytest.fixture(scope="module")
 def adaptive_setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("adaptive")
-    args = main_module.parse_args(["--demo_users", "300", "--demo_items", "200", "--maxlen", "20",
+    args = flags.parse_args(["--demo_users", "300", "--demo_items", "200", "--maxlen", "20",
                                    "--hidden_units", "16", "--use_adaptive_similarity",
                                    "--similarity_types", "dot", "cosine", "scaled", "bilinear",
                                    "--eval_protocol", "leave_one_out", *dirs(tmp)])
-    data = main_module.load_data(args)
-    model = main_module.build_model(args, data.schema.to_dict(), main_module.feature_tensors(data),
+    data = setup.load_data(args)
+    model = setup.build_model(args, data.schema.to_dict(), setup.feature_tensors(data),
                                     data.itemnum, data.usernum).eval()
     with torch.no_grad():  # move every similarity parameter away from its start value
         for p in model.similarity.parameters():

@@ -9,6 +9,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main as main_module
+
+from training import flags as train_flags, optim, setup
 from similarity import AdaptiveSimilarity, DotSimilarity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,9 +45,9 @@ def test_adaptive_similarity_logs_changing_scalars_and_stores_them(tmp_path):
 
 
 def test_default_scores_with_the_plain_dot_product_exactly(tmp_path):
-    args = main_module.parse_args(TINY + ["--cache_dir", str(tmp_path / "cache")])
-    data = main_module.load_data(args)
-    model = main_module.build_model(args, data.schema.to_dict(), main_module.feature_tensors(data),
+    args = train_flags.parse_args(TINY + ["--cache_dir", str(tmp_path / "cache")])
+    data = setup.load_data(args)
+    model = setup.build_model(args, data.schema.to_dict(), setup.feature_tensors(data),
                                     data.itemnum, data.usernum).eval()
     assert isinstance(model.similarity, DotSimilarity)
     g = torch.Generator().manual_seed(0)
@@ -61,11 +63,11 @@ def test_default_scores_with_the_plain_dot_product_exactly(tmp_path):
 
 
 def test_adaptive_flag_builds_the_chosen_similarity(tmp_path):
-    args = main_module.parse_args(TINY + ["--cache_dir", str(tmp_path / "cache"),
+    args = train_flags.parse_args(TINY + ["--cache_dir", str(tmp_path / "cache"),
                                           "--use_adaptive_similarity", "--similarity_types",
                                           "dot", "cosine"])
-    data = main_module.load_data(args)
-    model = main_module.build_model(args, data.schema.to_dict(), main_module.feature_tensors(data),
+    data = setup.load_data(args)
+    model = setup.build_model(args, data.schema.to_dict(), setup.feature_tensors(data),
                                     data.itemnum, data.usernum)
     assert isinstance(model.similarity, AdaptiveSimilarity)
     assert set(model.similarity.scalars()) == {"alpha", "beta", "temperature"}
@@ -73,7 +75,7 @@ def test_adaptive_flag_builds_the_chosen_similarity(tmp_path):
 
 def test_unknown_similarity_type_fails_at_parsing_with_valid_names(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main_module.parse_args(["--similarity_types", "dot", "cosin"])
+        train_flags.parse_args(["--similarity_types", "dot", "cosin"])
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     for name in ("dot", "cosine", "scaled", "bilinear"):
@@ -98,14 +100,14 @@ def test_linear_curriculum_ramps_the_popular_share(tmp_path):
 def test_readme_documents_every_flag():
     # README.md, or the feature's own page under docs/ (engineers' user-facing text goes there)
     readme = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
-    flags = [opt for action in main_module.build_parser()._actions
+    flags = [opt for action in train_flags.build_parser()._actions
              for opt in action.option_strings if opt.startswith("--") and opt != "--help"]
     missing = [f for f in flags if f not in readme]
     assert not missing, f"README.md does not document {missing}"
 
 
 def test_every_flag_has_help_text():
-    for action in main_module.build_parser()._actions:
+    for action in train_flags.build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"{action.option_strings} has no help text"
 
@@ -126,6 +128,6 @@ class _TwoKindsOfParameters(torch.nn.Module):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_adam_betas_reach_dense_and_sparse_optimizers(extra, betas, sparse):
     """Default: the baseline's betas; --adam_betas sets them for Adam and SparseAdam alike."""
-    args = main_module.parse_args(list(extra))
-    optimizer = main_module.build_optimizer(_TwoKindsOfParameters(sparse), args.lr, args.adam_betas)
+    args = train_flags.parse_args(list(extra))
+    optimizer = optim.build_optimizer(_TwoKindsOfParameters(sparse), args.lr, args.adam_betas)
     assert [g["betas"] for g in optimizer.param_groups] == [betas] * (2 if sparse else 1)

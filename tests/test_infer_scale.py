@@ -1,5 +1,5 @@
 """infer.py's exact top-k at scale: chunked over users and candidates, equal to one full topk,
-with the score chunk bounding what is materialised; the chunk flags; bench_infer.py."""
+with the score chunk bounding what is materialised; the chunk flags; benchmarks/inference.py."""
 from __future__ import annotations
 
 import json
@@ -69,7 +69,7 @@ def test_chunk_flags_are_validated():
 
 def test_bench_infer_reports_users_per_second_and_matches_plain_topk(tmp_path):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(ROOT / "bench_infer.py"), "--users", "300",
+    subprocess.run([sys.executable, "-m", "benchmarks.inference", "--users", "300",
                     "--candidates", "2000", "--dim", "8", "--batch_size", "64",
                     "--score_chunk", "500", "--threads", "1", "--check", "--json", str(out)],
                    check=True, cwd=ROOT, capture_output=True)

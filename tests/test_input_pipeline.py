@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from batching import Ranges, TrainBatches
+from inputs.batching import Ranges, TrainBatches
 from dataset import SequenceData, TOKEN_ITEM
-from input_pipeline import Prefetcher, assembly_threads, pin_batch, prefetch
+from inputs.input_pipeline import Prefetcher, assembly_threads, pin_batch, prefetch
 from sampling import build_sampler
 
 

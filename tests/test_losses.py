@@ -1,4 +1,4 @@
-"""losses.py against references: full cross-entropy, hand-computed logQ / gBCE values, chunked
+"""objectives/losses.py against references: full cross-entropy, hand-computed logQ / gBCE values, chunked
 against unchunked (values and gradients), accidental hits, the adaptive temperature clamp."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import losses
-from losses import (BCE, GBCE, LOSSES, MASKED, Candidates, FullSoftmax, LossInputs,
+from objectives import losses
+from objectives.losses import (BCE, GBCE, LOSSES, MASKED, Candidates, FullSoftmax, LossInputs,
                     SampledSoftmax, gbce_beta)
 from similarity import AdaptiveSimilarity, CosineSimilarity, DotSimilarity, TEMPERATURE_RANGE
 

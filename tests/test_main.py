@@ -15,8 +15,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import checkpoint
+from run_files import checkpoint
 import main as main_mod
+from training import flags as train_flags
 from conftest import DEMO_ITEMS, DEMO_USERS, ROOT, read_seq_lines, write_seq_lines
 
 BATCH = 64
@@ -135,7 +136,7 @@ def _python(args, cwd) -> subprocess.CompletedProcess:
 def test_help_mentions_every_flag(tmp_path):
     proc = _python(["--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    flags = [s for a in main_mod.build_parser()._actions for s in a.option_strings]
+    flags = [s for a in train_flags.build_parser()._actions for s in a.option_strings]
     assert len(flags) > 30
     missing = [f for f in flags if f not in proc.stdout]
     assert not missing, missing

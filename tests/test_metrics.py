@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from metrics import (
+from evaluation.metrics import (
     KS,
     MetricAccumulator,
     metric_names,

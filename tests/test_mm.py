@@ -1,4 +1,4 @@
-"""layouts/mm.py (multimodal sources of both layouts -> float16 memmap) and host_tables.py (the
+"""layouts/mm.py (multimodal sources of both layouts -> float16 memmap) and inputs/host_tables.py (the
 per-batch host gather), on tiny generated tables."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dataset import DataError
-from host_tables import HostTables, random_access
+from inputs.host_tables import HostTables, random_access
 from layouts import mm
 from model import BaseModel
 
@@ -247,7 +247,7 @@ def test_load_dataset_caches_the_converted_table(small_v1, tmp_path):
     """Both layouts' folders are read for a V1 directory; the table is converted once, moved
     into the parse cache (no scratch left), and memory-mapped from there on the next load."""
     from dataset import load_dataset
-    import safe_pickle
+    from layouts import safe_pickle
     oids = safe_pickle.load(small_v1 / "indexer.pkl")["i"]
     vecs = _vectors(8, [9001, 9003])
     _write_parquet(small_v1 / "mm_emb" / "emb_82_8_parquet", vecs, parts=1)
@@ -266,13 +266,12 @@ def test_load_dataset_caches_the_converted_table(small_v1, tmp_path):
 
 
 def test_input_worker_gathers_the_multimodal_rows_ahead_of_the_step():
-    """main.host_inputs runs in the prefetch worker: the rows it gathers there are the ones the
+    """step.host_inputs runs in the prefetch worker: the rows it gathers there are the ones the
     loop would gather inline, and the loop only moves them (to_device)."""
-    import functools
     import threading
 
-    import main
-    from input_pipeline import prefetch
+    from training import step
+    from inputs.input_pipeline import prefetch
     items, users, dim, b, n = 5000, 7, 6, 3, 9
     model = BaseModel(_schema(dim), _tables(items, users, dim), items, users, hidden_units=8,
                       dropout_rate=0.0, maxlen=n - 1).eval()
@@ -284,13 +283,13 @@ def test_input_worker_gathers_the_multimodal_rows_ahead_of_the_step():
 
     def prepare(batch):
         threads.append(threading.current_thread().name)
-        return main.host_inputs(model, batch, pin=False)
+        return step.host_inputs(model, batch, pin=False)
 
     ahead = list(prefetch(batches, 1, prepare=prepare))
     assert threads == ["input-prefetch"] * 4
     for batch, inputs in zip(batches, ahead):
         want_ids, want_rows = model.host_item_mm(batch)
-        got = main.to_device(inputs, torch.device("cpu"))
+        got = step.to_device(inputs, torch.device("cpu"))
         got_ids, got_rows = got["item_mm"]
         torch.testing.assert_close(got_ids, want_ids, rtol=0, atol=0)
         torch.testing.assert_close(got_rows[0], want_rows[0], rtol=0, atol=0)

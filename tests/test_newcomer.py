@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import checkpoint
+from run_files import checkpoint
 import main as main_mod
-import run_folders
-import tb_meta
+from training import flags as train_flags, setup, validation as train_validation
+from run_files import run_folders
+from run_files import tb_meta
 from conftest import DEMO_ITEMS, DEMO_USERS
 
 TINY = ["--demo_users", str(DEMO_USERS), "--demo_items", str(DEMO_ITEMS), "--maxlen", "20",
@@ -94,8 +95,8 @@ def test_summary_with_explicit_tb_dir_and_random_user(in_tmp, capsys, tmp_path):
 
 
 def test_demo_defaults_to_ranking_and_real_data_to_the_baseline_split(tmp_path):
-    assert main_mod.parse_args([]).eval_protocol == "leave_one_out"
-    assert main_mod.parse_args(["--data_dir", str(tmp_path)]).eval_protocol == "random_user"
+    assert train_flags.parse_args([]).eval_protocol == "leave_one_out"
+    assert train_flags.parse_args(["--data_dir", str(tmp_path)]).eval_protocol == "random_user"
 
 
 def test_interrupted_default_run_continues_with_printed_command_and_with_resume_alone(
@@ -111,7 +112,7 @@ def test_interrupted_default_run_continues_with_printed_command_and_with_resume_
     command = shlex.split(hint.split(": ", 2)[2])
     assert command[command.index("--run_name") + 1] == run and "--resume" in command
     # --resume takes the run's own flags (args.json) for those not given again
-    again = main_mod.parse_args(["--run_name", run, "--resume", "--lr", "0.01"])
+    again = train_flags.parse_args(["--run_name", run, "--resume", "--lr", "0.01"])
     assert (again.num_epochs, again.maxlen, again.lr) == (3, 20, 0.01)
 
     _interrupt_after_epoch(monkeypatch, 2)  # the printed command continues epoch 2, stopped again
@@ -134,14 +135,14 @@ def test_interrupted_default_run_continues_with_printed_command_and_with_resume_
 
 def test_keep_checkpoints_keeps_best_and_last_two_and_resume_works(in_tmp, monkeypatch):
     # Best by valid NDCG@10 = epoch 1: every later ranking is made worse.
-    real_eval = main_mod.run_evaluation
+    real_eval = train_validation.run_evaluation
     rankings = iter([0.5, 0.1, 0.2, 0.3, 0.4])
 
     def evaluation(model, data, queries, args, device, amp_dtype):
         metrics = real_eval(model, data, queries, args, device, amp_dtype)
         return {**metrics, "NDCG@10": next(rankings, metrics["NDCG@10"])}
 
-    monkeypatch.setattr(main_mod, "run_evaluation", evaluation)
+    monkeypatch.setattr(train_validation, "run_evaluation", evaluation)
     argv = [*in_tmp, "--run_name", "kept", "--num_epochs", "5", "--keep_checkpoints", "2"]
     result = main_mod.main(argv)
     kept = [p.name for p in checkpoint.complete_checkpoints("runs/kept/ckpt")]
@@ -149,7 +150,7 @@ def test_keep_checkpoints_keeps_best_and_last_two_and_resume_works(in_tmp, monke
     assert result["best_epoch"] == 1
     assert sorted(p.name for p in Path("runs/kept/ckpt").iterdir()) == kept  # nothing else left
 
-    monkeypatch.setattr(main_mod, "run_evaluation", real_eval)
+    monkeypatch.setattr(train_validation, "run_evaluation", real_eval)
     resumed = main_mod.main([*argv[:-4], "--num_epochs", "6", "--keep_checkpoints", "2", "--resume"])
     assert resumed["epoch"] == 6 and resumed["global_step"] == 6 * STEPS
     kept = [p.name for p in checkpoint.complete_checkpoints("runs/kept/ckpt")]
@@ -199,7 +200,7 @@ def test_hparams_entry_and_legend_in_the_runs_own_events(in_tmp):
         start.hparams["options"].string_value)
     assert start.hparams["loss"].string_value.startswith("bce")  # the default objective
     assert not [t for t in acc.Tags()["scalars"] if t.startswith("hparam")]  # no one-point cards
-    legend = tb_meta.legend(main_mod.parse_args(["--use_adaptive_similarity",
+    legend = tb_meta.legend(train_flags.parse_args(["--use_adaptive_similarity",
                                                  "--similarity_types", "dot", "bilinear"]))
     assert "Similarity/delta" in legend and "Similarity/beta" not in legend
     assert "Legend/text_summary" in acc.Tags()["tensors"]
@@ -207,8 +208,8 @@ def test_hparams_entry_and_legend_in_the_runs_own_events(in_tmp):
 
 def test_log_lines_go_above_the_progress_bar(monkeypatch, tmp_path):
     written = []
-    monkeypatch.setattr(main_mod.tqdm, "write", lambda s, file=None: written.append(s))
-    handler = main_mod.TqdmHandler(sys.stderr)
+    monkeypatch.setattr(setup.tqdm, "write", lambda s, file=None: written.append(s))
+    handler = setup.TqdmHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.emit(logging.LogRecord("main", logging.INFO, __file__, 1, "epoch %d", (3,), None))
     assert written == ["epoch 3"]
@@ -216,6 +217,6 @@ def test_log_lines_go_above_the_progress_bar(monkeypatch, tmp_path):
 
 def test_missing_data_dir_says_the_folder_does_not_exist(tmp_path):
     missing = tmp_path / "nowhere" / "data"
-    args = main_mod.parse_args(["--data_dir", str(missing), "--log_dir", str(tmp_path / "l")])
+    args = train_flags.parse_args(["--data_dir", str(missing), "--log_dir", str(tmp_path / "l")])
     with pytest.raises(main_mod.DataError, match=r"the folder does not exist \(nor its parent"):
-        main_mod.load_data(args)
+        setup.load_data(args)

@@ -1,4 +1,4 @@
-"""The objectives wired into training: shared negatives and their log Q (negatives.py,
+"""The objectives wired into training: shared negatives and their log Q (objectives/negatives.py,
 SmartNegativeSampler.sample_shared), in-batch candidates (objective.objective_loss), the
 baseline's BCE unchanged, every loss learning on the demo data, flags and checkpoints."""
 from __future__ import annotations
@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from run_files import checkpoint
 import infer
 import main as main_mod
-import objective
+from training import flags as train_flags, optim, setup, step, validation
+from objectives import objective
 from conftest import DEMO_ITEMS, DEMO_USERS
-from negatives import BatchNegatives
+from objectives.negatives import BatchNegatives
 from sampling import SmartNegativeSampler
 from similarity import DotSimilarity
 
@@ -104,28 +105,28 @@ def test_in_batch_negatives_exclude_padding_and_the_positions_own_positive():
 # --------------------------------------------------------------------------- training
 
 def _setup(tmp_path, demo_cache, *flags):
-    args = main_mod.parse_args([*SMALL, "--cache_dir", str(demo_cache), "--dropout_rate", "0",
+    args = train_flags.parse_args([*SMALL, "--cache_dir", str(demo_cache), "--dropout_rate", "0",
                                 "--log_dir", str(tmp_path / "l"), "--tb_dir", str(tmp_path / "t"),
                                 "--ckpt_dir", str(tmp_path / "c"), *flags])
-    main_mod.set_seed(0)
-    data = main_mod.load_data(args)
-    split = main_mod.make_split(args, data)
-    model = main_mod.build_model(args, data.schema.to_dict(), main_mod.feature_tensors(data),
+    setup.set_seed(0)
+    data = setup.load_data(args)
+    split = setup.make_split(args, data)
+    model = setup.build_model(args, data.schema.to_dict(), setup.feature_tensors(data),
                                  data.itemnum, data.usernum)
-    from batching import TrainBatches
+    from inputs.batching import TrainBatches
     batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size,
-                           main_mod.make_sampler(args, data, split, seed=1), seed=0)
+                           setup.make_sampler(args, data, split, seed=1), seed=0)
     return args, model, batches
 
 
 def test_bce_is_bitwise_the_baseline_loss(tmp_path, demo_cache):
     args, model, batches = _setup(tmp_path, demo_cache)
-    batch = main_mod.to_device(next(batches.epoch(1)), torch.device("cpu"))
+    batch = step.to_device(next(batches.epoch(1)), torch.device("cpu"))
     assert "target_index" not in batch  # the baseline's sampler, untouched
     torch.manual_seed(0)
-    got = main_mod.compute_loss(model, batch, args, None)
+    got = step.compute_loss(model, batch, args, None)
     torch.manual_seed(0)
-    baseline = main_mod.bce_loss(*model(batch["seq"], batch["token_type"], batch["pos"],
+    baseline = step.bce_loss(*model(batch["seq"], batch["token_type"], batch["pos"],
                                         batch["neg"]), batch)
     assert torch.equal(got, baseline)
 
@@ -149,11 +150,11 @@ LOSS_CONFIGS = {
 @pytest.mark.parametrize("name", list(LOSS_CONFIGS))
 def test_each_loss_decreases_on_the_demo_data(tmp_path, demo_cache, name):
     args, model, batches = _setup(tmp_path, demo_cache, *LOSS_CONFIGS[name])
-    optimizer = main_mod.build_optimizer(model, 0.01, (0.9, 0.98))
-    batch = main_mod.to_device(next(batches.epoch(1)), torch.device("cpu"))
+    optimizer = optim.build_optimizer(model, 0.01, (0.9, 0.98))
+    batch = step.to_device(next(batches.epoch(1)), torch.device("cpu"))
     values = []
     for _ in range(8):  # the same batch: its loss must fall
-        loss = main_mod.compute_loss(model, batch, args, None)
+        loss = step.compute_loss(model, batch, args, None)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -165,7 +166,7 @@ def test_each_loss_decreases_on_the_demo_data(tmp_path, demo_cache, name):
 def test_validation_loss_works_under_a_softmax_loss(tmp_path, demo_cache):
     args, model, batches = _setup(tmp_path, demo_cache, "--loss", "sampled_softmax",
                                   "--num_negatives", "16", "--negatives", "uniform", "in_batch")
-    loss = main_mod.validation_loss(model, batches.seqs, batches.ranges, args,
+    loss = validation.validation_loss(model, batches.seqs, batches.ranges, args,
                                     torch.device("cpu"), None, batches.sampler)
     assert math.isfinite(loss) and loss > 0
 
@@ -180,18 +181,18 @@ def test_validation_loss_works_under_a_softmax_loss(tmp_path, demo_cache):
 ])
 def test_bad_objective_flags_are_one_line_errors(capsys, flags, message):
     with pytest.raises(SystemExit) as e:
-        main_mod.parse_args(flags)
+        train_flags.parse_args(flags)
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_logq_default_follows_the_proposal():
-    parse = lambda *f: main_mod.parse_args(list(f)).logq_correction  # noqa: E731
+    parse = lambda *f: train_flags.parse_args(list(f)).logq_correction  # noqa: E731
     assert parse("--loss", "sampled_softmax") is False  # uniform: a constant, off
     assert parse("--loss", "sampled_softmax", "--negatives", "uniform", "in_batch") is True
     assert parse("--loss", "sampled_softmax", "--negatives", "popularity") is True
     assert parse("--loss", "sampled_softmax", "--use_smart_sampling") is True  # the same draw
     assert parse("--loss", "sampled_softmax", "--negatives", "popularity", "--no-logq_correction") is False
-    assert parse("--loss", "gbce") is False and main_mod.parse_args(["--loss", "gbce"]).num_negatives == 256
+    assert parse("--loss", "gbce") is False and train_flags.parse_args(["--loss", "gbce"]).num_negatives == 256
 
 
 def test_checkpoint_records_the_objective_and_inference_rebuilds_it(tmp_path, demo_cache):

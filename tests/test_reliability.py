@@ -34,10 +34,11 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from run_files import checkpoint
 import dataset as dataset_mod
 import main as main_mod
-import safe_pickle
+from training import flags as train_flags, step as train_step
+from layouts import safe_pickle
 from conftest import TINY, ROOT, load_error, read_seq_lines, restored_logging, run_main, write_seq_lines
 from dataset import DataError, load_dataset
 
@@ -302,7 +303,7 @@ def background(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("cli_other_config")
     d = _small_dir(base)
-    args = vars(main_mod.parse_args(["--data_dir", str(d), *_run_dirs(base), *TINY]))
+    args = vars(train_flags.parse_args(["--data_dir", str(d), *_run_dirs(base), *TINY]))
     state = {"model": {}, "optimizer": {}, "sampler": "{}"}
     ckpt = checkpoint.save_checkpoint(base / "ckpt", state,
                                       {"args": args, "epoch": 1, "global_step": 1})
@@ -747,7 +748,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(trained, tmp_pa
     epoch-1 checkpoint is the only one, complete, loadable, with its config."""
     steps = trained["result"]["global_step"]
     assert steps == 5
-    real, seen = main_mod.compute_loss, [0]
+    real, seen = train_step.compute_loss, [0]
 
     def nan_from_step_7(model, batch, args, amp_dtype):
         loss = real(model, batch, args, amp_dtype)
@@ -757,9 +758,9 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(trained, tmp_pa
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(main_mod, "compute_loss", nan_from_step_7)
+    monkeypatch.setattr(train_step, "compute_loss", nan_from_step_7)
     argv = [*trained["argv"], *_run_dirs(tmp_path)[:6], "--num_epochs", "3"]
-    with pytest.raises(main_mod.NonFiniteLoss, match=r"non-finite at step 7\b"):
+    with pytest.raises(train_step.NonFiniteLoss, match=r"non-finite at step 7\b"):
         run_main(argv)
     (ckpt,) = (tmp_path / "ckpt").iterdir()
     assert ckpt.name == checkpoint.checkpoint_name(1, steps)

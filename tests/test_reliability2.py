@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import cli_types
+from run_files import checkpoint
+from training import cli_types
 import infer
 import main as main_mod
-import tempdirs
+from training import flags as train_flags, run_state, validation
+from run_files import tempdirs
 from conftest import TINY, load_error, read_seq_lines, restored_logging, run_main, write_seq_lines
 from dataset import DataError, load_dataset
 from layouts.inference_v1 import load_inference_dir
@@ -146,7 +147,7 @@ def test_malformed_schema_json_is_an_error(small_v1, doc, expected):
 ])
 def test_numeric_flags_are_checked_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
-        main_mod.parse_args(flags)
+        train_flags.parse_args(flags)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in err, err
@@ -269,15 +270,15 @@ def test_best_checkpoint_falls_back_to_the_best_that_exists(tmp_path, caplog):
     _fake_checkpoint(tmp_path, 1, 10, ndcg=0.2)
     _fake_checkpoint(tmp_path, 2, 20, ndcg=0.3)
     _fake_checkpoint(tmp_path, 4, 40, ndcg=0.1)
-    state = main_mod.RunState()
+    state = run_state.RunState()
     state.epoch, state.best_path, state.best_epoch = 4, checkpoint.checkpoint_name(3, 30), 3
-    assert main_mod.best_checkpoint(tmp_path, state).name == checkpoint.checkpoint_name(2, 20)
+    assert validation.best_checkpoint(tmp_path, state).name == checkpoint.checkpoint_name(2, 20)
     assert (state.best_epoch, state.best_path) == (2, checkpoint.checkpoint_name(2, 20))
     assert "is gone" in caplog.text
     for p in tmp_path.iterdir():
         shutil.rmtree(p)
     state.best_path = checkpoint.checkpoint_name(2, 20)
-    assert main_mod.best_checkpoint(tmp_path, state) is None  # the final weights stand
+    assert validation.best_checkpoint(tmp_path, state) is None  # the final weights stand
     assert state.best_path is None
 
 

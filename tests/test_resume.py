@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
+from run_files import checkpoint
 from conftest import ROOT
 
 USERS, ITEMS, BATCH, EPOCHS = 600, 300, 64, 4
@@ -42,7 +42,9 @@ import os, sys, time
 from pathlib import Path
 
 sys.path.insert(0, os.environ["PROJECT_ROOT"])
-import checkpoint, main, torch
+from run_files import checkpoint
+import main, torch
+from training import step as train_step
 
 count = 0
 
@@ -54,7 +56,7 @@ def pause():
 
 where, _, at = os.environ.get("PAUSE_AT", "").partition(":")
 if where == "train_step":
-    real_loss = main.compute_loss
+    real_loss = train_step.compute_loss
 
     def compute_loss(model, batch, args, amp_dtype):
         global count
@@ -64,7 +66,7 @@ if where == "train_step":
                 pause()
         return real_loss(model, batch, args, amp_dtype)
 
-    main.compute_loss = compute_loss
+    train_step.compute_loss = compute_loss
 elif where == "save":
     real_save = torch.save
 

@@ -7,7 +7,7 @@
   feat2emb), for post-LN and pre-LN, both attention impls, both position modes, sum fusion;
 - `_item_lookup`'s whole-catalogue pass == the per-token pass (values and gradients);
 - sparse (SparseAdam) and dense (Adam) embeddings: same first loss, same parameters after a step;
-- bf16 autocast runs and stays close to fp32; bench.step_flops == torch's FLOP counter;
+- bf16 autocast runs and stays close to fp32; flops.step_flops == torch's FLOP counter;
 - bench.py and gpu_check.py run end to end on CPU.
 """
 from __future__ import annotations
@@ -17,13 +17,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
+from benchmarks import flops
 import gpu_check
-import main
-from batching import TrainBatches
+from training import flags as train_flags, optim, setup, step as train_step
+from inputs.batching import TrainBatches
 from dataset import load_dataset
 from model import ATTENTION_IMPLS, BaseModel, attention, dropout, fast_keep_mask
 
@@ -118,7 +118,7 @@ def test_attention_dropout_has_the_right_expectation(impl, causal):
 # --------------------------------------------------------------------------- the model
 
 def _args(*extra: str):
-    return main.parse_args(["--maxlen", "20", "--hidden_units", "16", "--num_blocks", "2",
+    return train_flags.parse_args(["--maxlen", "20", "--hidden_units", "16", "--num_blocks", "2",
                             "--num_heads", "2", "--device", "cpu", *extra])
 
 
@@ -126,27 +126,27 @@ def _args(*extra: str):
 def demo_data(demo_dir, tmp_path_factory):
     """The demo dataset (every feature group, multimodal 81, profiles) and a training split."""
     data = load_dataset(demo_dir, tmp_path_factory.mktemp("cache"))
-    return data, main.make_split(_args(), data)
+    return data, setup.make_split(_args(), data)
 
 
 def _model(data, *extra: str, seed: int = 0) -> BaseModel:
     """The model the flags describe. With --feature_fusion sum, the schema leaves out the
     continual features (sum fusion cannot take scalars; the data's other features stay)."""
     args = _args(*extra)
-    main.set_seed(seed)
+    setup.set_seed(seed)
     schema = data.schema.to_dict()
     if args.feature_fusion == "sum":
         schema = {**schema, "item_continual": [], "user_continual": []}
-    return main.build_model(args, schema, main.feature_tensors(data),
+    return setup.build_model(args, schema, setup.feature_tensors(data),
                             data.itemnum, data.usernum)
 
 
 def _batch(data, split, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A training batch (with left padding and profile slots) as tensors."""
     args = _args()
-    sampler = main.make_sampler(args, data, split, seed=seed)
+    sampler = setup.make_sampler(args, data, split, seed=seed)
     batches = TrainBatches(data.seqs, split.train, args.maxlen, size, sampler, seed=seed)
-    return main.to_device(next(iter(batches.epoch(1))), torch.device("cpu"))
+    return train_step.to_device(next(iter(batches.epoch(1))), torch.device("cpu"))
 
 
 def _assert_close_to_scale(got: torch.Tensor, want: torch.Tensor, rel: float, name: str):
@@ -297,10 +297,10 @@ def test_sparse_and_dense_embeddings_take_the_same_first_step(demo_data):
     for extra in ((), ("--sparse_embeddings",)):
         args = _args(*extra)
         model = _model(data, *extra).train()
-        optimizer = main.build_optimizer(model, args.lr)
+        optimizer = optim.build_optimizer(model, args.lr)
         before = {k: p.detach().clone() for k, p in model.named_parameters()}
         torch.manual_seed(5)  # the same dropout masks
-        loss = main.compute_loss(model, batch, args, None)
+        loss = train_step.compute_loss(model, batch, args, None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = {k: p.grad.to_dense() if p.grad.is_sparse else p.grad.clone()
@@ -347,7 +347,7 @@ def test_bf16_autocast_forward_is_close_to_fp32(demo_data):
 @pytest.mark.parametrize("extra", [(), ("--sparse_embeddings",), ("--attention_impl", "sdpa"),
                                    ("--attention_impl", "fast_full"), ("--feature_fusion", "sum")])
 def test_step_flops_matches_torch_flop_counter(demo_data, extra):
-    """bench.step_flops against torch's counter of the matrix products a step executes. The
+    """flops.step_flops against torch's counter of the matrix products a step executes. The
     counter sees no dot-product logits (elementwise), and no input gradient where the input
     needs none (multimodal vectors, a buffer): those two terms are taken out of the count."""
     data, split = demo_data
@@ -355,12 +355,12 @@ def test_step_flops_matches_torch_flop_counter(demo_data, extra):
     batch = _batch(data, split, size=8)
     b, n = batch["seq"].shape
     with FlopCounterMode(display=False) as counter:
-        loss = main.compute_loss(model, batch, _args(*extra), None)
+        loss = train_step.compute_loss(model, batch, _args(*extra), None)
         loss.backward()
     # the per-token path projects each distinct item's multimodal rows once
     distinct = len(torch.unique(torch.stack([batch["seq"] * (batch["token_type"] == 1),
                                              batch["pos"], batch["neg"]])))
-    counted = bench.step_flops(model, b, n, mm_rows=distinct)
+    counted = flops.step_flops(model, b, n, mm_rows=distinct)
     rows = model.features.item_sparse.shape[0]
     if rows > 3 * b * n or model.features.item_emb.sparse:
         rows = distinct

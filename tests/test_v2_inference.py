@@ -10,7 +10,7 @@ import pytest
 
 import infer
 import main
-import seen
+from evaluation import seen
 from conftest import SMALL_KINDS, small_items, small_users
 from dataset import BadRecords, SequenceData
 from layouts import inference_v2
@@ -127,7 +127,7 @@ def test_exclude_seen_removes_the_history(trained):
         assert top == [c for c in full if c not in history[user]][:3]
 
 
-# --------------------------------------------------------------------------- seen.py
+# --------------------------------------------------------------------------- evaluation/seen.py
 
 def reference_drop_seen(top, seen_sets, k):
     out = []

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEMO_ITEMS, DEMO_USERS, SMALL_KINDS, small_items, small_mm, small_users
-from data_rules import finite_float32, not_finite_float32
+from layouts.data_rules import finite_float32, not_finite_float32
 from dataset import ACTION_NULL, TOKEN_ITEM, TOKEN_PROFILE, DataError, load_dataset
 from layouts import v2
 from layouts.write_v2 import write_v2_dataset
@@ -341,7 +341,7 @@ def test_large_v2_writer_has_the_checklist_quirks(tmp_path):
 
 
 def test_bench_datasets_times_each_directory(tmp_path):
-    import bench_datasets
+    from benchmarks import data_dirs as bench_datasets
     for name in ("a", "b"):
         write_v2_dataset(tmp_path / name, small_users(), small_items(), SMALL_KINDS)
     medians = bench_datasets.run([str(tmp_path / "a"), str(tmp_path / "b"), "--steps", "1",

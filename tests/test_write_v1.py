@@ -14,7 +14,7 @@ import pytest
 
 from demo_data import FEATURE_KINDS as DEMO_KINDS
 from demo_data import write_demo_dataset, write_demo_inference_dir
-import safe_pickle
+from layouts import safe_pickle
 from layouts.write_v1 import UserHistory, write_inference_dir, write_v1_dataset
 
 KINDS = {

@@ -1,6 +1,6 @@
 """Median training-step time of main.py's model on several data directories, in one process.
 
-    python bench_datasets.py DIR_A DIR_B [--steps 10] [main.py's flags, e.g. --sparse_embeddings]
+    python -m benchmarks.data_dirs DIR_A DIR_B [--steps 10] [main.py's flags, e.g. --sparse_embeddings]
 
 Steps alternate A B A B ..., so a load change on a shared machine hits every directory alike and
 the ratios stay meaningful (bench.py --synthetic_items does the same for feature-less data; this
@@ -16,31 +16,31 @@ import time
 
 import torch
 
-import main
-from batching import TrainBatches
-from optim import build_optimizer
+from training import flags as train_flags, setup, step as train_step
+from inputs.batching import TrainBatches
+from training.optim import build_optimizer
 
 
 def stepper(data_dir: str, flags: list[str]):
     """-> (item count, a function that runs one timed training step and returns its seconds)."""
-    args = main.parse_args(["--data_dir", data_dir, *flags])
-    device = main.resolve_device(args.device, 0)
-    data = main.load_data(args)
-    split = main.make_split(args, data)
-    sampler = main.make_sampler(args, data, split, seed=args.seed + 1)
-    model = main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
+    args = train_flags.parse_args(["--data_dir", data_dir, *flags])
+    device = setup.resolve_device(args.device, 0)
+    data = setup.load_data(args)
+    split = setup.make_split(args, data)
+    sampler = setup.make_sampler(args, data, split, seed=args.seed + 1)
+    model = setup.build_model(args, data.schema.to_dict(), setup.feature_tensors(data),
                              data.itemnum, data.usernum).to(device)
     optimizer = build_optimizer(model, args.lr, args.adam_betas)
     batches = TrainBatches(data.seqs, split.train, args.maxlen, args.batch_size, sampler,
                            seed=args.seed).epoch(0)
-    amp = main.AMP_DTYPES[args.amp]
+    amp = train_flags.AMP_DTYPES[args.amp]
 
     def step() -> float:
-        batch = main.to_device(next(batches), device)
+        batch = train_step.to_device(next(batches), device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # timing only: the benchmark, not the training loop
         start = time.perf_counter()
-        loss = main.compute_loss(model, batch, args, amp)
+        loss = train_step.compute_loss(model, batch, args, amp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -43,7 +43,7 @@ class _Failure:
 
 
 def pin_batch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """numpy arrays -> page-locked tensors, so main.to_device's copy is asynchronous."""
+    """numpy arrays -> page-locked tensors, so step.to_device's copy is asynchronous."""
     return {k: torch.from_numpy(v).pin_memory() for k, v in batch.items()}
 
 
@@ -131,7 +131,7 @@ def prefetch(source: Iterable, workers: int, depth: int | None = None,
              prepare: Callable[[Any], Any] | None = None) -> Iterable:
     """`source` as it is with workers 0 (synchronous, `prepare` applied inline), else through a
     `Prefetcher` with `depth` (default 2 x workers + 2) batches ahead. `prepare` (e.g.
-    main.host_inputs: pinning, multimodal gathers) runs on the workers too: in the one worker
+    step.host_inputs: pinning, multimodal gathers) runs on the workers too: in the one worker
     after each batch, or with N > 1 on the N - 1 extra threads."""
     if workers < 0:
         raise ValueError(f"--input_workers must be >= 0, got {workers}")

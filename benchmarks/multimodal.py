@@ -1,7 +1,7 @@
 """Multimodal tables at scale: conversion rate, peak RSS while converting and while training,
 and the training step's time with a large table against without it, on generated data.
 
-    python bench_mm.py --items 250000 1000000 --dim 1024 [--users 20000] [--steps 30]
+    python -m benchmarks.multimodal --items 250000 1000000 --dim 1024 [--users 20000] [--steps 30]
 
 For each catalogue size N: a V1 directory with N items (make_large_data.write_large_v1) plus a
 V2-style `mm_emb/emb_82_<dim>_parquet/` (string anonymous_cid, list<float> emb, one vector for
@@ -81,7 +81,7 @@ def _peak_mb() -> float:
 
 
 def child_convert(data_dir: Path, out: Path) -> dict:
-    import safe_pickle
+    from layouts import safe_pickle
     from layouts import mm
     indexer = safe_pickle.load(data_dir / "indexer.pkl")
     before = _rss_mb()
@@ -97,17 +97,17 @@ def child_convert(data_dir: Path, out: Path) -> dict:
 def child_train(data_dir: Path, cache: Path, with_mm: bool, steps: int, warmup: int) -> dict:
     import torch
 
-    import main
-    from batching import TrainBatches
+    from training import flags, setup, step as train_step
+    from inputs.batching import TrainBatches
     from dataset import load_dataset
-    from optim import build_optimizer
+    from training.optim import build_optimizer
     torch.set_num_threads(2)
-    args = main.parse_args(["--device", "cpu", "--batch_size", "128", "--maxlen", "101"])
+    args = flags.parse_args(["--device", "cpu", "--batch_size", "128", "--maxlen", "101"])
     data = load_dataset(data_dir, cache, [FID] if with_mm else [])
-    main.set_seed(0)
-    split = main.make_split(args, data)
-    sampler = main.make_sampler(args, data, split, seed=1)
-    model = main.build_model(args, data.schema.to_dict(), main.feature_tensors(data),
+    setup.set_seed(0)
+    split = setup.make_split(args, data)
+    sampler = setup.make_sampler(args, data, split, seed=1)
+    model = setup.build_model(args, data.schema.to_dict(), setup.feature_tensors(data),
                              data.itemnum, data.usernum)
     optimizer = build_optimizer(model, args.lr, args.adam_betas)
     after_load = _rss_mb()
@@ -118,7 +118,7 @@ def child_train(data_dir: Path, cache: Path, with_mm: bool, steps: int, warmup: 
         lookups = np.stack([batch["seq"] * (batch["token_type"] == 1), batch["pos"], batch["neg"]])
         distinct.append(len(np.unique(lookups)))
         start = time.perf_counter()
-        loss = main.compute_loss(model, main.model_inputs(model, batch, device), args, None)
+        loss = train_step.compute_loss(model, train_step.model_inputs(model, batch, device), args, None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -133,8 +133,9 @@ def child_train(data_dir: Path, cache: Path, with_mm: bool, steps: int, warmup: 
 
 
 def _child(*argv: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True,
-                         text=True)
+    # A fresh process per measurement, so one's peak RSS cannot leak into the next's.
+    out = subprocess.run([sys.executable, "-m", "benchmarks.multimodal", *argv], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

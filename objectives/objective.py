@@ -2,7 +2,7 @@
 wrapper handed to batch assembly, and the step's loss (`objective_loss`), which calls the model
 once and the loss through LossInputs, without branching on which loss it holds.
 
-The loss classes live in losses.py, the host-side shared negatives in negatives.py;
+The loss classes live in objectives/losses.py, the host-side shared negatives in objectives/negatives.py;
 docs/objectives.md says which loss to pick.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cli_types import positive_float, positive_int, unit_interval
+from training.cli_types import positive_float, positive_int, unit_interval
 from dataset import TOKEN_ITEM
-from losses import DEFAULT_NEGATIVES, LOSSES, SOFTMAX_LOSSES, Candidates, Loss, LossInputs
-from negatives import GLOBAL_SOURCES, NEGATIVE_SOURCES, BatchNegatives
+from objectives.losses import DEFAULT_NEGATIVES, LOSSES, SOFTMAX_LOSSES, Candidates, Loss, LossInputs
+from objectives.negatives import GLOBAL_SOURCES, NEGATIVE_SOURCES, BatchNegatives
 
 
 def add_flags(g) -> None:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from batching import Queries, item_histories, query_arrays
+from inputs.batching import Queries, item_histories, query_arrays
 from dataset import SequenceData
-from metrics import (HEADLINE_K, MetricAccumulator, sample_candidates, sampled_ranks, seen_mask,
+from evaluation.metrics import (HEADLINE_K, MetricAccumulator, sample_candidates, sampled_ranks, seen_mask,
                      target_ranks)
 
 SCORE_BUDGET = 2 ** 25  # scores held at once (128 MB in fp32): bounds memory per chunk

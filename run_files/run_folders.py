@@ -14,8 +14,7 @@ import shlex
 import time
 from pathlib import Path
 
-import checkpoint as ckpt
-
+from run_files import checkpoint as ckpt
 RUNS_ROOT = Path("runs")
 SUMMARY = "summary.json"
 # the folders a run name places under runs/<run_name>/ (the TensorBoard events sit in the run

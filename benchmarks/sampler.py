@@ -4,7 +4,7 @@ itemnum 3416, Zipf-like synthetic counts, batch 128 x maxlen 200 target slots, ~
 items per user. Prints negatives/s (median of timed calls after warm-up) per configuration,
 and the mean popularity percentile of the negatives ("neg pct", 50 = uniform).
 
-    python bench_sampling.py [--repeats 20]
+    python -m benchmarks.sampler [--repeats 20]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from cli_types import positive_int
+from training.cli_types import positive_int
 from sampling import SmartNegativeSampler
 
 ITEMNUM, BATCH, MAXLEN, HIST_MEAN = 3416, 128, 200, 165

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-import tempdirs
-
+from run_files import tempdirs
 log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 

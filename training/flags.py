@@ -8,16 +8,16 @@ import os
 
 import torch
 
-import objective
-import run_folders
-from batching import SPLITS
-from cli_types import (device_name, finite_float, int_at_least, non_negative_float,
+from objectives import objective
+from run_files import run_folders
+from inputs.batching import SPLITS
+from training.cli_types import (device_name, finite_float, int_at_least, non_negative_float,
                        non_negative_int, positive_float, positive_int, unit_interval,
                        unit_interval_right_open)
 from dataset import BAD_RECORD_POLICIES
 from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
 from model import ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES
-from optim import BETAS
+from training.optim import BETAS
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES
 from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITIES, SIMILARITY_TYPES
 

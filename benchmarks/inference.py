@@ -1,6 +1,6 @@
 """Time infer.py's exact top-k stage at the competition's scale, on random vectors.
 
-    python bench_infer.py --users 1000000 --candidates 660000 --dim 32 --threads 1
+    python -m benchmarks.inference --users 1000000 --candidates 660000 --dim 32 --threads 1
 
 Scores --users random query vectors against --candidates random candidate vectors with
 infer.topk_exact (the dot product, chunked over users by --batch_size and over candidates by
@@ -18,8 +18,8 @@ import time
 import torch
 
 import infer
-from cli_types import device_name, positive_int
-from main import resolve_device
+from training.cli_types import device_name, positive_int
+from training.setup import resolve_device
 from similarity import DotSimilarity
 
 CHECK_LIMIT = 10 ** 8  # --check builds the full (U, N) score matrix: small runs only

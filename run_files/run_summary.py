@@ -2,7 +2,7 @@
 and the command that shows the run in TensorBoard (always the last line).
 
 Printed to stdout, appended verbatim to train.log, and kept as `summary.json` beside it (whose
-presence marks the run finished for `--resume`, see run_folders.py).
+presence marks the run finished for `--resume`, see run_files/run_folders.py).
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from evaluate import format_table
-from run_folders import SUMMARY
+from evaluation.evaluate import format_table
+from run_files.run_folders import SUMMARY
 
 
 def run_folder(log_dir: str, tb_dir: str, ckpt_dir: str) -> str | None:

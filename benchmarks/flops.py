@@ -1,0 +1,127 @@
+"""What a training step should cost and what the machine can do: the step's matrix-product
+FLOPs, the machine's matmul peak (sampled between the steps, under the same load), and the time
+the step's matrix products take (torch.profiler)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from model import BaseModel, score_blocks
+
+PEAK_SIZE = 2048  # square matmul that measures the machine's peak (CPU: ~0.1-0.5 s)
+
+
+PEAK_SIZE_CUDA = 8192  # on a GPU 2048^2 takes microseconds: launch and sync would dominate
+
+
+def step_flops(model: BaseModel, batch_size: int, seq_len: int, mm_rows: int | None = None) -> int:
+    """Matrix-product FLOPs of one training step of `model.forward` on a (batch_size, seq_len)
+    batch, counted as the model executes them; backward = 2 x forward, so step = 3 x forward.
+
+    Counted (2 FLOPs per multiply-add), B = batch_size, L = seq_len, D = hidden:
+    - item part (`_item_lookup`): itemdnn (none with "sum" fusion) on R rows, R = the whole
+      catalogue (I + 1) when the dense path runs it once per step, else 3 B L (seq, pos, neg per
+      token); emb_transform of each multimodal feature on the whole catalogue too, else on the
+      batch's distinct item ids (`mm_rows`; None: the upper bound 3 B L);
+    - user part: userdnn (none with "sum" fusion) on B + 1 rows (the profile slot of each row
+      plus the shared padding user, see FeatureEmbedder.tokens);
+    - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV
+      over the score entries computed (2 x 2 B S D): S = L^2 for sdpa (padding and the causal
+      upper half are computed, then masked), S = L^2 less the top-right (L/2)^2 quarter for the
+      fast CPU path, which skips it (see model.attention);
+    - logits: the dot similarity of pos and neg (2 x 2 B L D).
+    Not counted: embedding gathers, LayerNorm, softmax, dropout, the loss, the optimizer, and
+    the extra terms of a non-dot (adaptive) similarity.
+    """
+    f = model.features
+    d, b, n = model.hidden, batch_size, seq_len
+    lookups = 3 * b * n
+    rows = f.item_sparse.shape[0]
+    mm_r = rows
+    if rows > lookups or f.item_emb.sparse:  # the per-token path of _item_lookup
+        rows, mm_r = lookups, lookups if mm_rows is None else mm_rows
+    mm_in = sum(lin.in_features for lin in f.emb_transform.values())
+    fused = f.fusion == "dnn"  # "sum" fusion has no itemdnn/userdnn products
+    item = 2 * d * (rows * (f.itemdnn.in_features if fused else 0) + mm_r * mm_in)
+    user = 2 * (b + 1) * f.userdnn.in_features * d if fused else 0
+    block = 6 * 2 * b * n * d * d + 2 * 2 * b * attention_scores(model, n) * d
+    logits = 2 * 2 * b * n * d
+    forward = item + user + len(model.attention_layers) * block + logits
+    return 3 * forward
+
+
+def attention_scores(model: BaseModel, seq_len: int) -> int:
+    """Entries of one (L, L) score matrix that a training step's attention computes."""
+    impl = model.attention_layers[0].impl
+    if impl == "sdpa" or next(model.parameters()).device.type != "cpu":
+        return seq_len * seq_len
+    return sum((end - start) * keys
+               for start, end, keys in score_blocks(seq_len, seq_len, impl, causal=True))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_size(device: torch.device) -> int:
+    return PEAK_SIZE_CUDA if device.type == "cuda" else PEAK_SIZE
+
+
+class PeakMeter:
+    """The machine's matrix-multiply rate in one dtype: (size x size) @ (size x size) products,
+    sampled one at a time between training steps so they meet the same load as the steps do;
+    `gflops` is the median of the samples."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, size: int = PEAK_SIZE):
+        self.device, self.dtype, self.size, self.samples = device, dtype, size, []
+        self.a = torch.randn(size, size, device=device).to(dtype)
+        self.b = torch.randn(size, size, device=device).to(dtype)
+        for _ in range(2):
+            self.a @ self.b
+
+    def sample(self) -> None:
+        _sync(self.device)
+        start = time.perf_counter()
+        self.a @ self.b
+        _sync(self.device)
+        self.samples.append(2 * self.size ** 3 / (time.perf_counter() - start) / 1e9)
+
+    @property
+    def gflops(self) -> float:
+        return float(np.median(self.samples))
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int,
+                size: int = PEAK_SIZE) -> float:
+    """GFLOP/s: the median of `repeats` products in `dtype`, timed back to back."""
+    meter = PeakMeter(device, dtype, size)
+    for _ in range(repeats):
+        meter.sample()
+    return meter.gflops
+
+
+# the kernels that do a step's matrix products (linear layers, bmm of the attention)
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                        "aten::_addmm_activation"})
+
+
+def matmul_seconds(case, steps: int = 3) -> tuple[float, float]:
+    """`case`: a benchmarks.cases.Case. Medians over `steps` profiled (unrecorded) steps of the time spent in matrix products
+    and of the ratio of the step's own time to it: measured in the same steps, that ratio holds
+    on a machine whose load changes between the timed steps and these."""
+    cuda = case.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    per_step, ratio = [], []
+    for _ in range(steps):
+        with profile(activities=activities) as prof:
+            record = case.step()
+        micros = sum(e.self_device_time_total if cuda else e.self_cpu_time_total
+                     for e in prof.key_averages() if e.key in MATMUL_OPS)
+        per_step.append(micros / 1e6)
+        ratio.append(record["model"] / per_step[-1])
+    return float(np.median(per_step)), float(np.median(ratio))
+
