@@ -165,14 +165,17 @@ class Case:
 
 
 def candidate_flops(case: Case, batch: dict) -> int:
-    """Matrix-product FLOPs of scoring the targets against shared candidates (forward +
-    backward, 3 x 2 x targets x candidates x D); 0 for the baseline's per-position negatives,
-    which step_flops counts as its logits."""
+    """Matrix-product FLOPs of scoring against shared or per-row candidates (forward +
+    backward, 3 x 2 x scores x D); 0 for the baseline's per-position negatives, which
+    step_flops counts as its logits."""
     if "target_index" not in batch:
         return 0
-    n = len(batch["target_index"])  # "cand" holds the global and the in-batch candidates
-    m = case.data.itemnum if case.args.loss == "full_softmax" else len(batch["cand"])
-    return 3 * 2 * n * m * case.model.hidden
+    if objective.build_loss(case.args).per_row:  # every slot against its row's K
+        scores = batch["pos"].numel() * case.args.num_negatives
+    else:  # the targets against "cand": the global and the in-batch candidates
+        m = case.data.itemnum if case.args.loss == "full_softmax" else len(batch["cand"])
+        scores = len(batch["target_index"]) * m
+    return 3 * 2 * scores * case.model.hidden
 
 
 def run_cases(cases: list[Case], warmup: int, steps: int, meters=(), peer=None,

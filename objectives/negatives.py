@@ -1,4 +1,5 @@
-"""Host-side negatives of the shared-candidate losses (every loss but the baseline's BCE-1).
+"""Host-side negatives of every loss but the baseline's BCE-1: shared by the batch (softmax
+losses) or K per row (BCE-K, gBCE).
 
 `BatchNegatives` wraps the SmartNegativeSampler and is handed to TrainBatches in its place, so
 it is called from batch assembly as the per-position sampler is (numpy, the sampler's seeded
@@ -10,7 +11,8 @@ the device it would need no sync either, but the popularity CDF and curriculum l
 Per batch it adds (see `shared_negatives`):
   target_index (n,) int64  flat (B * L) index of each position whose next token is an item
   cand         (M,) int64  global negatives (uniform, or popularity mixed by --popular_ratio),
-                           then, with in_batch, the distinct items among the batch's targets
+                           then, with in_batch, the distinct items among the batch's targets;
+                           per row: (B * K,), row b's K negatives at [b * K, (b + 1) * K)
   cand_logq    (M,) float32 what is subtracted from each candidate's logit: its log expected
                            count in its source's draw (0 without logQ), and for an in-batch
                            item that occurs c times among the targets also - log c
@@ -33,13 +35,17 @@ GLOBAL_SOURCES = ("uniform", "popularity")
 
 
 class BatchNegatives:
-    """Shared negatives for a batch. sampler: a SmartNegativeSampler (its popularity, popular
-    ratio, curriculum and random stream); num_global: K global negatives (0: none);
-    target_counts (N+1,): training frequency of each item as a target (in-batch Q)."""
+    """Negatives for a batch. sampler: a SmartNegativeSampler (its popularity, popular ratio,
+    curriculum and random stream); num_global: K global negatives (0: none), drawn once for the
+    batch or, with per_row, K for each row; target_counts (N+1,): training frequency of each item
+    as a target (in-batch Q)."""
 
     def __init__(self, sampler, num_global: int, in_batch: bool, target_counts: np.ndarray,
-                 logq: bool):
+                 logq: bool, per_row: bool = False):
+        if per_row and (in_batch or not num_global):
+            raise ValueError("per-row negatives are K global draws per row, without in_batch")
         self.sampler, self.num_global, self.in_batch, self.logq = sampler, num_global, in_batch, logq
+        self.per_row = per_row
         counts = np.maximum(np.asarray(target_counts, dtype=np.float64), 1.0)  # unseen: as once
         self._log_freq = np.log(counts / counts.sum())
 
@@ -51,6 +57,11 @@ class BatchNegatives:
         """batch: the training arrays (B, L) -> the arrays listed in the module docstring."""
         target = (batch["next_token_type"] == TOKEN_ITEM) & (batch["pos"] != 0)
         index = np.flatnonzero(target).astype(np.int64)
+        if self.per_row:  # K for each row; BCE needs no log Q
+            ids, _ = self.sampler.sample_shared(self.num_global * target.shape[0])
+            return {"target_index": index, "cand": ids.astype(np.int64),
+                    "cand_logq": np.zeros(ids.size, np.float32),
+                    "pos_logq": np.zeros(index.size, np.float32)}
         if self.num_global:
             ids, log_count = self.sampler.sample_shared(self.num_global)
         else:

@@ -23,14 +23,15 @@ from objectives.negatives import GLOBAL_SOURCES, NEGATIVE_SOURCES, BatchNegative
 def add_flags(g) -> None:
     """The objective's flags (main.py's "objective" group)."""
     g.add_argument("--loss", choices=list(LOSSES), default="bce",
-                   help="bce: the baseline (one negative per position, or K shared); "
+                   help="bce: the baseline (one negative per position, or K per sequence); "
                         "sampled_softmax: softmax over the positive and shared negatives with "
                         "logQ; full_softmax: cross-entropy over every item (chunked); gbce: "
-                        "gSASRec's calibrated BCE with K shared uniform negatives")
+                        "gSASRec's calibrated BCE with K uniform negatives per sequence")
     g.add_argument("--num_negatives", type=positive_int, default=None,
-                   help="negatives K: per position for bce with K=1 (the baseline), otherwise "
-                        "K global negatives shared by the whole batch (default: bce 1, gbce 256, "
-                        "sampled_softmax 1024; full_softmax uses every item)")
+                   help="negatives K: per position for bce with K=1 (the baseline); K per "
+                        "sequence, shared by its positions, for bce with K>1 and gbce; K global "
+                        "negatives shared by the whole batch for sampled_softmax (default: bce 1, "
+                        "gbce 256, sampled_softmax 1024; full_softmax uses every item)")
     g.add_argument("--negatives", nargs="+", choices=NEGATIVE_SOURCES, default=["uniform"],
                    help="sources of negatives: uniform, popularity (the smart sampler's mix: "
                         "--popular_ratio of the draws by popularity, with its curriculum) and, "
@@ -88,14 +89,15 @@ def popularity_negatives(args) -> bool:
 
 def wrap_sampler(args, sampler, target_counts: np.ndarray):
     """The sampler batch assembly calls: the per-position one itself for the baseline's BCE-1,
-    else BatchNegatives over it (global draws of K, in-batch Q from target_counts)."""
-    if build_loss(args).per_position:
+    else BatchNegatives over it (global draws of K, per batch or per row; in-batch Q from
+    target_counts)."""
+    loss = build_loss(args)
+    if loss.per_position:
         return sampler
     sources = args.negatives
-    k = 0 if args.loss == "full_softmax" or not set(sources) & set(GLOBAL_SOURCES) \
-        else args.num_negatives
+    k = 0 if loss.all_items or not set(sources) & set(GLOBAL_SOURCES) else args.num_negatives
     return BatchNegatives(sampler, k, "in_batch" in sources, target_counts,
-                          bool(args.logq_correction))
+                          bool(args.logq_correction), per_row=loss.per_row)
 
 
 @dataclass
@@ -119,14 +121,43 @@ def build_objective(args) -> Objective:
 
 def objective_loss(model, raw, batch: dict[str, Tensor], obj: Objective) -> Tensor:
     """model: the (possibly DDP-wrapped) model to call; raw: the model itself (similarity,
-    catalogue size); batch: TrainBatches arrays on the device -> the scalar loss."""
-    seq, token_type, pos = batch["seq"], batch["token_type"], batch["pos"]
+    catalogue size); batch: TrainBatches arrays on the device -> the scalar loss. The loss says
+    which negatives it takes (per position, per row or shared); one function builds each."""
     if obj.loss.per_position:
-        feats, pos_v, neg_v, _ = model(seq, token_type, pos, batch["neg"], vectors=True,
-                                       item_mm=batch.get("item_mm"))
-        weight = ((batch["next_token_type"] == TOKEN_ITEM) & (pos != 0)).float()
-        return obj.loss(LossInputs(raw.similarity, feats, pos_v, weight, obj.tau, neg=neg_v,
-                                   neg_weight=weight * (batch["neg"] != 0)))
+        return _per_position_loss(model, raw, batch, obj)
+    if obj.loss.per_row:
+        return _per_row_loss(model, raw, batch, obj)
+    return _shared_loss(model, raw, batch, obj)
+
+
+def _target_weight(batch: dict[str, Tensor]) -> Tensor:
+    """(B, L) float: 1 where the position's next token is an item."""
+    return ((batch["next_token_type"] == TOKEN_ITEM) & (batch["pos"] != 0)).float()
+
+
+def _per_position_loss(model, raw, batch, obj: Objective) -> Tensor:
+    seq, token_type, pos = batch["seq"], batch["token_type"], batch["pos"]
+    feats, pos_v, neg_v, _ = model(seq, token_type, pos, batch["neg"], vectors=True,
+                                   item_mm=batch.get("item_mm"))
+    weight = _target_weight(batch)
+    return obj.loss(LossInputs(raw.similarity, feats, pos_v, weight, obj.tau, neg=neg_v,
+                               neg_weight=weight * (batch["neg"] != 0)))
+
+
+def _per_row_loss(model, raw, batch, obj: Objective) -> Tensor:
+    seq, token_type, pos = batch["seq"], batch["token_type"], batch["pos"]
+    num_items = raw.item_emb.num_embeddings - 1
+    feats, pos_v, _, cand_v = model(seq, token_type, pos, None, batch["cand"], vectors=True,
+                                    item_mm=batch.get("item_mm"))
+    ids = batch["cand"].view(seq.shape[0], -1)  # (B, K): row b's negatives
+    cand = Candidates(ids, cand_v.view(*ids.shape, -1), batch["cand_logq"])
+    seen = history_bitmap(seq, token_type, pos, num_items) if obj.mask_history else None
+    return obj.loss(LossInputs(raw.similarity, feats, pos_v, _target_weight(batch), obj.tau,
+                               pos_ids=pos, cand=cand, seen=seen, num_items=num_items))
+
+
+def _shared_loss(model, raw, batch, obj: Objective) -> Tensor:
+    seq, token_type, pos = batch["seq"], batch["token_type"], batch["pos"]
     num_items = raw.item_emb.num_embeddings - 1
     cand_ids = (torch.arange(1, num_items + 1, device=seq.device) if obj.loss.all_items
                 else batch["cand"])

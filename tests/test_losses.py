@@ -1,5 +1,6 @@
 """objectives/losses.py against references: full cross-entropy, hand-computed logQ / gBCE values, chunked
-against unchunked (values and gradients), accidental hits, the adaptive temperature clamp."""
+against unchunked (values and gradients), accidental hits, per-row negatives, the adaptive
+temperature clamp."""
 from __future__ import annotations
 
 import math
@@ -81,21 +82,6 @@ def test_chunked_full_softmax_equals_unchunked_values_and_gradients(monkeypatch,
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_bce_over_chunks_equals_one_pass(monkeypatch):
-    inp, query, items, *_ = _shared(k=9)
-    one = GBCE(9, t=0.5)(inp)
-    one.backward()
-    grads = query.grad.clone(), items.grad.clone()
-    query.grad, items.grad = None, None
-    monkeypatch.setattr(losses, "CHUNK_SCORES", 2 * P)
-    monkeypatch.setattr(losses, "SINGLE_PASS_SCORES", 0)
-    inp, query, items, *_ = _shared(k=9)
-    chunked = GBCE(9, t=0.5)(inp)
-    chunked.backward()
-    torch.testing.assert_close(one, chunked)
-    torch.testing.assert_close(grads, (query.grad, items.grad))
-
-
 def test_logq_correction_hand_computed():
     # One position: positive logit 2.0; candidates with logits 1.0 and 0.5, log expected
     # counts log 0.5 and log 2 (an over-drawn item is discounted, an under-drawn one boosted).
@@ -124,7 +110,8 @@ def test_accidental_hits_get_no_probability_mass():
     inp = LossInputs(DotSimilarity(), query, items[pos_ids], torch.ones(P, dtype=torch.float64),
                      pos_ids=pos_ids, cand=Candidates(hit_ids, vecs, torch.zeros(len(hit_ids),
                                                                                 dtype=torch.float64)))
-    logits = losses.candidate_logits(inp, query, vecs, hit_ids, inp.cand.logq)
+    logits = losses._masked_scores(query, vecs, -inp.cand.logq, hit_ids, pos_ids, None, None,
+                                   1.0, torch.float64, None)
     probs = torch.softmax(torch.cat([torch.zeros(P, 1, dtype=torch.float64), logits], 1), 1)
     hit = pos_ids[:, None] == hit_ids[None, :]
     assert torch.all(probs[:, 1:][hit] == 0) and hit.any()
@@ -146,15 +133,13 @@ def test_history_mask_removes_the_rows_own_items():
     seen[1, [4]] = True
     row = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     inp = _all_items(query, items, pos_ids, seen=seen, row=row)
-    bce_logits = losses.candidate_logits(inp, query, inp.cand.vecs, inp.cand.ids, inp.cand.logq)
     for first in (None, 1):  # the softmax losses' fused path, hits by comparison or by index
-        fused = losses._masked_scores(query, inp.cand.vecs, -inp.cand.logq, inp.cand.ids, pos_ids,
-                                      seen, row, 1.0, torch.float64, first)
-        for logits in (bce_logits, fused):
-            for p in range(P):
-                masked = set(torch.nonzero(logits[p] == MASKED).flatten().add(1).tolist())
-                own = set(torch.nonzero(seen[row[p]]).flatten().tolist()) | {int(pos_ids[p])}
-                assert masked == own
+        logits = losses._masked_scores(query, inp.cand.vecs, -inp.cand.logq, inp.cand.ids,
+                                       pos_ids, seen, row, 1.0, torch.float64, first)
+        for p in range(P):
+            masked = set(torch.nonzero(logits[p] == MASKED).flatten().add(1).tolist())
+            own = set(torch.nonzero(seen[row[p]]).flatten().tolist()) | {int(pos_ids[p])}
+            assert masked == own
 
 
 def test_gbce_beta_matches_the_paper_formula_by_hand():
@@ -165,27 +150,53 @@ def test_gbce_beta_matches_the_paper_formula_by_hand():
     assert gbce_beta(256, 3416, 1.0) == pytest.approx(alpha, rel=1e-12)
 
 
-def _shared(seed: int = 4, k: int = 5):
-    query, items, pos_ids = _data(seed)
+def _per_row(seed: int = 4, k: int = 5, seen=None, similarity=None):
+    """B=2 rows of L=4 positions (row 1's first slot has no target), K negatives per row, some
+    of them hits of the row's own positives."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, N + 1, (k,), generator=g)
-    return LossInputs(DotSimilarity(), query, items[pos_ids], torch.ones(P, dtype=torch.float64),
-                      pos_ids=pos_ids, cand=Candidates(ids, items[ids], torch.zeros(k)),
-                      num_items=N), query, items, pos_ids, ids
+    query = torch.randn(2, 4, D, generator=g, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(N + 1, D, generator=g, dtype=torch.float64, requires_grad=True)
+    pos_ids = torch.randint(1, N + 1, (2, 4), generator=g)
+    ids = torch.randint(1, N + 1, (2, k), generator=g)
+    ids[:, 0] = pos_ids[:, 1]  # an accidental hit in each row
+    weight = torch.ones(2, 4, dtype=torch.float64)
+    weight[1, 0] = 0
+    inp = LossInputs(similarity or DotSimilarity(), query, items[pos_ids], weight,
+                     pos_ids=pos_ids, cand=Candidates(ids, items[ids], torch.zeros(2, k)),
+                     seen=seen, num_items=N)
+    return inp, query, items, pos_ids, ids, weight
 
 
 def test_gbce_with_t0_is_bce_with_the_same_negatives_and_hand_value():
-    inp, query, items, pos_ids, ids = _shared()
+    inp, query, items, pos_ids, ids, weight = _per_row()
     assert GBCE(5, t=0.0)(inp).item() == pytest.approx(BCE(5)(inp).item(), rel=1e-12)
-    # BCE-K by hand: mean over positions of -log s(l0) - sum over non-hit k of log(1 - s(lk))
-    sig = torch.sigmoid
-    per = []
-    for p in range(P):
-        l0 = query[p] @ items[pos_ids[p]]
-        negs = [query[p] @ items[j] for j in ids if j != pos_ids[p]]
-        beta = gbce_beta(5, N, 0.5)
-        per.append(-beta * torch.log(sig(l0)) - sum(torch.log(1 - sig(v)) for v in negs))
+    # gBCE by hand: mean over target positions of -beta log s(l0) - sum over the row's
+    # non-hit negatives of log(1 - s(lk))
+    sig, beta, per = torch.sigmoid, gbce_beta(5, N, 0.5), []
+    for b in range(2):
+        for t in range(4):
+            if not weight[b, t]:
+                continue
+            l0 = query[b, t] @ items[pos_ids[b, t]]
+            negs = [query[b, t] @ items[j] for j in ids[b] if j != pos_ids[b, t]]
+            per.append(-beta * torch.log(sig(l0)) - sum(torch.log(1 - sig(v)) for v in negs))
     assert GBCE(5, t=0.5)(inp).item() == pytest.approx(torch.stack(per).mean().item(), rel=1e-10)
+
+
+def test_per_row_negatives_score_only_their_own_row_and_mask_hits_and_history():
+    seen = torch.zeros(2, N + 1, dtype=torch.bool)
+    seen[0, [1, 2, 3]] = True
+    sim = AdaptiveSimilarity(D, ["dot", "cosine", "scaled"])
+    inp, query, items, pos_ids, ids, _ = _per_row(seed=7, k=6, seen=seen, similarity=sim)
+    logits = losses.row_candidate_logits(inp)
+    assert logits.shape == (2, 4, 6)
+    for b in range(2):
+        for t in range(4):
+            for k in range(6):
+                hit = ids[b, k] == pos_ids[b, t] or seen[b, ids[b, k]]
+                expected = MASKED if hit else sim(query[b, t], items[ids[b, k]]).item()
+                assert logits[b, t, k].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert (logits[:, 1, 0] == MASKED).all()  # the planted hits
 
 
 def test_baseline_bce_per_position_matches_the_formula():
@@ -200,6 +211,7 @@ def test_baseline_bce_per_position_matches_the_formula():
                 + (-F.logsigmoid(-ln) * neg_weight).sum() / neg_weight.sum())
     assert BCE(1)(inp).item() == pytest.approx(expected.item(), rel=1e-12)
     assert BCE(1).per_position and not GBCE(1).per_position and not BCE(4).per_position
+    assert BCE(4).per_row and GBCE(1).per_row and not BCE(1).per_row
 
 
 def test_registry_builds_every_loss_with_defaults():

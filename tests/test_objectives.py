@@ -1,4 +1,4 @@
-"""The objectives wired into training: shared negatives and their log Q (objectives/negatives.py,
+"""The objectives wired into training: shared and per-row negatives, log Q (objectives/negatives.py,
 SmartNegativeSampler.sample_shared), in-batch candidates (objective.objective_loss), the
 baseline's BCE unchanged, every loss learning on the demo data, flags and checkpoints."""
 from __future__ import annotations
@@ -100,6 +100,37 @@ def test_in_batch_negatives_exclude_padding_and_the_positions_own_positive():
     # rel 1e-6: the copies' log c travels as float32
     assert loss.item() == pytest.approx(torch.stack(per).mean().item(), rel=1e-6)
     assert torch.all(feats.grad[1, :2] == 0)  # padding positions take no part
+
+
+def test_per_row_negatives_give_each_row_its_own_k_and_the_loss_uses_only_those():
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    counts = np.ones(8)
+    arrays = _batch()
+    neg = BatchNegatives(SmartNegativeSampler(7, counts, seed=0), 3, False, counts, logq=False,
+                         per_row=True)
+    arrays.update(neg.shared_negatives(arrays))
+    assert arrays["cand"].shape == (2 * 3,) and arrays["cand"].min() >= 1
+    batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    obj = objective.Objective(objective.LOSSES["bce"](3), 1.0, False, False)
+    loss = objective.objective_loss(_Stub(feats, items), _Stub(feats, items), batch, obj)
+    loss.backward()
+    q, per = feats.detach(), []
+    for b in range(2):
+        for t in range(4):
+            p = arrays["pos"][b, t]
+            if not p:
+                continue
+            row = arrays["cand"][3 * b:3 * b + 3]  # row b's own negatives, hits dropped
+            negs = [items[j] @ q[b, t] for j in row if j != p]
+            lp = items[p] @ q[b, t]
+            per.append(-torch.nn.functional.logsigmoid(lp)
+                       - sum(torch.nn.functional.logsigmoid(-v) for v in negs))
+    assert loss.item() == pytest.approx(torch.stack(per).mean().item(), rel=1e-12)
+    assert torch.all(feats.grad[1, :2] == 0)  # padding positions take no part
+    with pytest.raises(ValueError, match="per-row"):
+        BatchNegatives(neg.sampler, 3, True, counts, logq=False, per_row=True)
 
 
 # --------------------------------------------------------------------------- training
