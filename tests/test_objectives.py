@@ -78,18 +78,26 @@ class _Stub(torch.nn.Module):
         return self.feats, self.items[pos], None, self.items[cand]
 
 
-def test_in_batch_negatives_exclude_padding_and_the_positions_own_positive():
-    g = torch.Generator().manual_seed(0)
+def _stub_loss(seed: int, negatives: BatchNegatives, obj: objective.Objective):
+    """The objective's loss on _batch() with its negatives and fixed vectors (_Stub), backward
+    done -> (loss, feats, items, arrays)."""
+    g = torch.Generator().manual_seed(seed)
     feats = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     items = torch.randn(8, 3, generator=g, dtype=torch.float64)
-    counts = np.ones(8)
     arrays = _batch()
-    arrays.update(BatchNegatives(SmartNegativeSampler(7, counts, seed=0), 0, True, counts,
-                                 logq=False).shared_negatives(arrays))
+    arrays.update(negatives.shared_negatives(arrays))
     batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    obj = objective.Objective(objective.LOSSES["sampled_softmax"](), 1.0, True, False)
     loss = objective.objective_loss(_Stub(feats, items), _Stub(feats, items), batch, obj)
     loss.backward()
+    return loss, feats, items, arrays
+
+
+def test_in_batch_negatives_exclude_padding_and_the_positions_own_positive():
+    counts = np.ones(8)
+    negatives = BatchNegatives(SmartNegativeSampler(7, counts, seed=0), 0, True, counts,
+                               logq=False)
+    obj = objective.Objective(objective.LOSSES["sampled_softmax"](), 1.0, True, False)
+    loss, feats, items, arrays = _stub_loss(0, negatives, obj)
     flat_pos, q = arrays["pos"].reshape(-1), feats.detach().reshape(-1, 3)
     valid = [i for i in range(8) if flat_pos[i]]
     per = []
@@ -103,19 +111,12 @@ def test_in_batch_negatives_exclude_padding_and_the_positions_own_positive():
 
 
 def test_per_row_negatives_give_each_row_its_own_k_and_the_loss_uses_only_those():
-    g = torch.Generator().manual_seed(1)
-    feats = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    items = torch.randn(8, 3, generator=g, dtype=torch.float64)
     counts = np.ones(8)
-    arrays = _batch()
     neg = BatchNegatives(SmartNegativeSampler(7, counts, seed=0), 3, False, counts, logq=False,
                          per_row=True)
-    arrays.update(neg.shared_negatives(arrays))
-    assert arrays["cand"].shape == (2 * 3,) and arrays["cand"].min() >= 1
-    batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
     obj = objective.Objective(objective.LOSSES["bce"](3), 1.0, False, False)
-    loss = objective.objective_loss(_Stub(feats, items), _Stub(feats, items), batch, obj)
-    loss.backward()
+    loss, feats, items, arrays = _stub_loss(1, neg, obj)
+    assert arrays["cand"].shape == (2 * 3,) and arrays["cand"].min() >= 1
     q, per = feats.detach(), []
     for b in range(2):
         for t in range(4):
