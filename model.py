@@ -2,8 +2,8 @@
 
 Faithful to the original: item id + item features -> itemdnn (ReLU); user id + user features ->
 userdnn (ReLU); a token is item part + user part, scaled by sqrt(hidden), plus an absolute
-position embedding; causal self-attention blocks (post-LN, or pre-LN with norm_first); a final
-LayerNorm. Different in one way that changes no number: the baseline turned per-token Python
+position embedding; causal self-attention blocks (post-LN; or pre-LN, or the SASRec reference's
+block: `BLOCKS`); a final LayerNorm. Different in one way that changes no number: the baseline turned per-token Python
 dicts into tensors inside forward; here every feature is a row of a table (a registered buffer)
 gathered by id, so forward is pure tensor work.
 
@@ -30,6 +30,12 @@ ATTENTION_IMPLS = ("sdpa", "fast", "fast_full", "autograd")
 FEATURE_FUSIONS = ("dnn", "sum")
 INITS = ("xavier", "normal")
 POSITION_MODES = ("slot", "from_start")
+# post_ln: LayerNorm after each residual sum, as the baseline. pre_ln: LayerNorm before attention
+# and feed-forward (--norm_first). sasrec: the SASRec reference's block (pmixer's port, which
+# Klenitskiy & Vasilev's published numbers use): queries and the attention's residual come from
+# the normalised stream, keys and values from the raw one; then LayerNorm, and the feed-forward
+# with its residual.
+BLOCKS = ("post_ln", "pre_ln", "sasrec")
 
 
 def item_lookup_ids(seq, token_type, pos, neg=None, cand=None):
@@ -240,28 +246,31 @@ class MultiHeadAttention(nn.Module):
         self.out_linear = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, mask: Tensor, last_only: bool = False,
-                cache: dict | None = None) -> Tensor:
+                cache: dict | None = None, keys_from: Tensor | None = None) -> Tensor:
         """x (B, L, D), mask (B, 1, L, L) -> (B, L, D); with last_only, only the newest slot's
         output (B, 1, D): its query attends to every key, the other queries are not computed.
-        `cache`: see `attention` (one dict per batch, shared by the blocks)."""
+        `cache`: see `attention` (one dict per batch, shared by the blocks). `keys_from`
+        (B, L, D): keys and values from this instead of x (the SASRec reference's block)."""
         b, n, d = x.shape
         split = lambda t: t.view(b, t.shape[1], self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
         queries = x[:, -1:] if last_only else x
-        if last_only:
-            q, k, v = self.q_linear(queries), self.k_linear(x), self.v_linear(x)
+        if last_only or keys_from is not None:
+            kv = x if keys_from is None else keys_from
+            q = self.q_linear(queries)
+            k, v = self._projections(kv, self.k_linear, self.v_linear).split(d, dim=-1)
         else:
-            q, k, v = self._qkv(x).split(d, dim=-1)
+            q, k, v = self._projections(x, self.q_linear, self.k_linear, self.v_linear).split(d, dim=-1)
         out = attention(split(q), split(k), split(v), mask[:, :, -1:] if last_only else mask,
                         self.dropout_rate if self.training else 0.0, self.impl,
                         causal=not last_only, cache=cache)
         return self.out_linear(out.transpose(1, 2).reshape(b, queries.shape[1], d))
 
 
-    def _qkv(self, x: Tensor) -> Tensor:
-        """x (B, L, D) -> [q | k | v] (B, L, 3D): the three projections as one matrix product,
-        so x is read (and under autocast converted to bf16) once instead of three times, and
-        the backward runs one input-gradient product instead of three plus their sum."""
-        layers = (self.q_linear, self.k_linear, self.v_linear)
+    @staticmethod
+    def _projections(x: Tensor, *layers: nn.Linear) -> Tensor:
+        """x (B, L, D) -> [q | k | v] (B, L, 3D) (or [k | v]): the projections as one matrix
+        product, so x is read (and under autocast converted to bf16) once instead of three
+        times, and the backward runs one input-gradient product instead of three plus their sum."""
         return F.linear(x, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
 
 
@@ -396,15 +405,15 @@ class BaseModel(nn.Module):
 
     def __init__(self, schema: dict, tables: dict[str, Tensor], itemnum: int, usernum: int,
                  hidden_units: int = 32, num_blocks: int = 1, num_heads: int = 1,
-                 dropout_rate: float = 0.2, maxlen: int = 101, norm_first: bool = False,
+                 dropout_rate: float = 0.2, maxlen: int = 101, block: str = "post_ln",
                  dnn_relu: bool = True, similarity: nn.Module | None = None,
                  attention_impl: str = "sdpa", sparse_embeddings: bool = False,
                  feature_fusion: str = "dnn", init: str = "xavier", positions: str = "slot"):
         super().__init__()
-        if init not in INITS or positions not in POSITION_MODES:
-            raise ModelConfigError(f"--init {init!r} / --positions {positions!r}: expected one "
-                                   f"of {INITS} / {POSITION_MODES}")
-        self.hidden, self.norm_first, self.positions = hidden_units, norm_first, positions
+        if init not in INITS or positions not in POSITION_MODES or block not in BLOCKS:
+            raise ModelConfigError(f"--init {init!r} / --positions {positions!r} / --block {block!r}: "
+                                   f"expected one of {INITS} / {POSITION_MODES} / {BLOCKS}")
+        self.hidden, self.block, self.positions = hidden_units, block, positions
         self.features = FeatureEmbedder(schema, tables, itemnum, usernum, hidden_units,
                                         sparse=sparse_embeddings, relu=dnn_relu,
                                         fusion=feature_fusion)
@@ -460,12 +469,16 @@ class BaseModel(nn.Module):
                           self.forward_layernorms, self.forward_layers))
         for i, (attn_ln, attn, ffn_ln, ffn) in enumerate(blocks):
             last = last_only and i == len(blocks) - 1
-            residual = x[:, -1:] if last else x
-            if self.norm_first:
-                x = residual + attn(attn_ln(x), mask, last, cache)
+            newest = (lambda t: t[:, -1:]) if last else (lambda t: t)  # noqa: E731
+            if self.block == "pre_ln":
+                x = newest(x) + attn(attn_ln(x), mask, last, cache)
                 x = x + ffn(ffn_ln(x))
+            elif self.block == "sasrec":
+                normed = attn_ln(x)
+                x = ffn_ln(newest(normed) + attn(normed, mask, last, cache, keys_from=x))
+                x = x + ffn(x)
             else:
-                x = attn_ln(residual + attn(x, mask, last, cache))
+                x = attn_ln(newest(x) + attn(x, mask, last, cache))
                 x = ffn_ln(x + ffn(x))
         return self.last_layernorm(x[:, -1:] if last_only else x)
 

@@ -1,6 +1,7 @@
 """The optional flags end to end: adaptive similarity, smart sampling, and the documented CLI."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -131,3 +132,23 @@ def test_adam_betas_reach_dense_and_sparse_optimizers(extra, betas, sparse):
     args = train_flags.parse_args(list(extra))
     optimizer = optim.build_optimizer(_TwoKindsOfParameters(sparse), args.lr, args.adam_betas)
     assert [g["betas"] for g in optimizer.param_groups] == [betas] * (2 if sparse else 1)
+
+
+@pytest.mark.parametrize("argv,block", [((), "post_ln"), (("--norm_first",), "pre_ln"),
+                                        (("--block", "pre_ln"), "pre_ln"),
+                                        (("--block", "sasrec"), "sasrec")])
+def test_block_flag_and_norm_first_name_one_block(argv, block):
+    args = train_flags.parse_args(list(argv))
+    assert (args.block, args.norm_first) == (block, block == "pre_ln")
+
+
+def test_norm_first_contradicting_block_fails(capsys):
+    with pytest.raises(SystemExit):
+        train_flags.parse_args(["--norm_first", "--block", "sasrec"])
+    assert "contradicts --block sasrec" in capsys.readouterr().err
+
+
+def test_checkpoint_args_from_before_the_block_flag_give_their_block():
+    """Older config.json args have norm_first and no block: the model they describe is kept."""
+    for norm_first, block in ((False, "post_ln"), (True, "pre_ln")):
+        assert train_flags.block_of(argparse.Namespace(norm_first=norm_first)) == block

@@ -220,11 +220,11 @@ def _reference_forward(model, seq, token_type, pos, neg, relu=True):
             for j in range(i + 1):
                 allowed[r, 0, i, j] |= bool(seq[r, j] != 0)
 
-    def mha(layer, x):
-        h = layer.num_heads
+    def mha(layer, x, keys=None):
+        h, keys = layer.num_heads, x if keys is None else keys
         split = lambda t: t.view(b, n, h, -1).transpose(1, 2)  # noqa: E731
-        out = _plain_attention(split(layer.q_linear(x)), split(layer.k_linear(x)),
-                               split(layer.v_linear(x)), allowed)
+        out = _plain_attention(split(layer.q_linear(x)), split(layer.k_linear(keys)),
+                               split(layer.v_linear(keys)), allowed)
         return layer.out_linear(out.transpose(1, 2).reshape(b, n, -1))
 
     def ffn(layer, x):
@@ -232,9 +232,13 @@ def _reference_forward(model, seq, token_type, pos, neg, relu=True):
 
     for attn_ln, attn, ffn_ln, ff in zip(model.attention_layernorms, model.attention_layers,
                                          model.forward_layernorms, model.forward_layers):
-        if model.norm_first:
+        if model.block == "pre_ln":
             x = x + mha(attn, attn_ln(x))
             x = x + ffn(ff, ffn_ln(x))
+        elif model.block == "sasrec":  # pmixer's SASRec: Q = LN(x); x = Q + MHA(Q, x, x); ...
+            q = attn_ln(x)
+            x = ffn_ln(q + mha(attn, q, keys=x))
+            x = x + ffn(ff, x)
         else:
             x = attn_ln(x + mha(attn, x))
             x = ffn_ln(x + ffn(ff, x))
@@ -243,7 +247,9 @@ def _reference_forward(model, seq, token_type, pos, neg, relu=True):
             (feats * _reference_items(f, neg, relu)).sum(-1))
 
 
-@pytest.mark.parametrize("extra", [(), ("--norm_first",), ("--attention_impl", "sdpa"),
+@pytest.mark.parametrize("extra", [(), ("--norm_first",), ("--block", "sasrec"),
+                                   ("--block", "sasrec", "--attention_impl", "sdpa"),
+                                   ("--attention_impl", "sdpa"),
                                    ("--no-dnn_relu",), ("--positions", "from_start"),
                                    ("--feature_fusion", "sum", "--init", "normal")])
 def test_forward_equals_per_token_reference(demo_data, extra):
@@ -261,6 +267,20 @@ def test_forward_equals_per_token_reference(demo_data, extra):
     items = model.features.items(torch.arange(1, data.itemnum + 1))
     # the baseline's ReLU keeps item vectors non-negative; without it they take both signs
     assert (items.min() < 0) == ("--no-dnn_relu" in extra or "sum" in extra)
+
+
+@pytest.mark.parametrize("block", ["post_ln", "pre_ln", "sasrec"])
+def test_newest_slot_alone_equals_the_full_forward(demo_data, block):
+    """predict computes only the newest slot in the last block: the same vector as the full pass."""
+    data, split = demo_data
+    model = _model(data, "--num_blocks", "2", "--block", block).eval()
+    batch = _batch(data, split, size=8)
+    seq, token_type = batch["seq"], batch["token_type"]
+    with torch.no_grad():
+        item_part = model._item_lookup(seq * (token_type == TOKEN_ITEM))
+        full = model.log2feats(seq, token_type, item_part)[:, -1]
+        newest = model.predict(seq, token_type)
+    torch.testing.assert_close(newest, full, rtol=1e-5, atol=1e-5)
 
 
 def test_item_lookup_whole_catalogue_equals_per_token(demo_data):

@@ -16,7 +16,7 @@ from training.cli_types import (device_name, finite_float, int_at_least, non_neg
                        unit_interval_right_open)
 from dataset import BAD_RECORD_POLICIES
 from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
-from model import ATTENTION_IMPLS, FEATURE_FUSIONS, INITS, POSITION_MODES
+from model import ATTENTION_IMPLS, BLOCKS, FEATURE_FUSIONS, INITS, POSITION_MODES
 from training.optim import BETAS
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES
 from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITIES, SIMILARITY_TYPES
@@ -72,7 +72,14 @@ def _model_flags(g) -> None:
     g.add_argument("--num_blocks", type=positive_int, default=1, help="self-attention blocks")
     g.add_argument("--num_heads", type=positive_int, default=1, help="attention heads")
     g.add_argument("--dropout_rate", type=unit_interval_right_open, default=0.2, help="dropout everywhere (embeddings, attention, FFN)")
-    g.add_argument("--norm_first", action="store_true", help="pre-LN blocks instead of post-LN")
+    g.add_argument("--norm_first", action="store_true", help="pre-LN blocks instead of post-LN (= --block pre_ln)")
+    g.add_argument("--block", choices=BLOCKS, default=None,
+                   help="the self-attention block. post_ln: LayerNorm after each residual sum, as the "
+                        "baseline; pre_ln: LayerNorm before attention and feed-forward; sasrec: the "
+                        "SASRec reference's (pmixer's port, as Klenitskiy & Vasilev): queries and "
+                        "the residual from the normalised stream, keys and values from the raw one, "
+                        "then LayerNorm before the feed-forward (default: pre_ln with --norm_first, "
+                        "else post_ln)")
     g.add_argument("--dnn_relu", action=argparse.BooleanOptionalAction, default=True,
                    help="ReLU after itemdnn and userdnn, as the baseline; --no-dnn_relu keeps them "
                         "linear, so item vectors may take any sign (as plain SASRec's embeddings)")
@@ -167,6 +174,12 @@ def _evaluation_flags(g) -> None:
                    help="users per evaluation chunk (memory: 128 keeps ML-1M training + evaluation under 1 GB)")
 
 
+def block_of(args) -> str:
+    """The block the flags describe; also right for the args of checkpoints made before --block."""
+    block = getattr(args, "block", None)
+    return block if block is not None else ("pre_ln" if args.norm_first else "post_ln")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -183,6 +196,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--input_workers must be >= 0 (0: batches built inline), got {args.input_workers}")
     if args.inference_only and not args.state_dict_path:
         parser.error("--inference_only needs --state_dict_path")
+    if args.norm_first and args.block not in (None, "pre_ln"):
+        parser.error(f"--norm_first means --block pre_ln; it contradicts --block {args.block}")
+    args.block = block_of(args)
+    args.norm_first = args.block == "pre_ln"  # what readers of older runs' args.json look at
     error = objective.check_args(args)
     if error:
         parser.error(error)

@@ -18,6 +18,7 @@ from objectives import objective
 from sampling import build_sampler
 from similarity import build_similarity
 from training import distributed as dist
+from training.flags import block_of
 
 log = logging.getLogger("main")
 
@@ -121,7 +122,7 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
     return BaseModel(schema, tables, itemnum, usernum,
                      hidden_units=args.hidden_units, num_blocks=args.num_blocks,
                      num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
-                     norm_first=args.norm_first, dnn_relu=args.dnn_relu, similarity=similarity,
+                     block=block_of(args), dnn_relu=args.dnn_relu, similarity=similarity,
                      attention_impl=args.attention_impl,
                      sparse_embeddings=args.sparse_embeddings, feature_fusion=args.feature_fusion,
                      init=args.init, positions=args.positions)
