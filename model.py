@@ -36,6 +36,10 @@ POSITION_MODES = ("slot", "from_start")
 # the normalised stream, keys and values from the raw one; then LayerNorm, and the feed-forward
 # with its residual.
 BLOCKS = ("post_ln", "pre_ln", "sasrec")
+# tied: an item is scored with the vector it enters a sequence with, as the baseline. separate:
+# with an id-embedding table of its own (gSASRec's and BERT4Rec's untied output embeddings), so
+# the loss's many negative terms move the scoring vectors, not the input tokens.
+OUTPUT_EMBEDDINGS = ("tied", "separate")
 
 
 def item_lookup_ids(seq, token_type, pos, neg=None, cand=None):
@@ -408,11 +412,15 @@ class BaseModel(nn.Module):
                  dropout_rate: float = 0.2, maxlen: int = 101, block: str = "post_ln",
                  dnn_relu: bool = True, similarity: nn.Module | None = None,
                  attention_impl: str = "sdpa", sparse_embeddings: bool = False,
-                 feature_fusion: str = "dnn", init: str = "xavier", positions: str = "slot"):
+                 feature_fusion: str = "dnn", init: str = "xavier", positions: str = "slot",
+                 output_embedding: str = "tied"):
         super().__init__()
-        if init not in INITS or positions not in POSITION_MODES or block not in BLOCKS:
-            raise ModelConfigError(f"--init {init!r} / --positions {positions!r} / --block {block!r}: "
-                                   f"expected one of {INITS} / {POSITION_MODES} / {BLOCKS}")
+        if init not in INITS or positions not in POSITION_MODES or block not in BLOCKS \
+                or output_embedding not in OUTPUT_EMBEDDINGS:
+            raise ModelConfigError(
+                f"--init {init!r} / --positions {positions!r} / --block {block!r} / --output_embedding "
+                f"{output_embedding!r}: expected one of {INITS} / {POSITION_MODES} / {BLOCKS} / "
+                f"{OUTPUT_EMBEDDINGS}")
         self.hidden, self.block, self.positions = hidden_units, block, positions
         self.features = FeatureEmbedder(schema, tables, itemnum, usernum, hidden_units,
                                         sparse=sparse_embeddings, relu=dnn_relu,
@@ -430,6 +438,8 @@ class BaseModel(nn.Module):
             self.forward_layernorms.append(nn.LayerNorm(hidden_units, eps=1e-8))
             self.forward_layers.append(PointWiseFeedForward(hidden_units, dropout_rate))
         self.last_layernorm = nn.LayerNorm(hidden_units, eps=1e-8)
+        self.output_emb = (nn.Embedding(itemnum + 1, hidden_units, padding_idx=0, sparse=sparse_embeddings)
+                           if output_embedding == "separate" else None)
         self._init_weights(init)
         # Added after the init so a similarity's own initialisation (bilinear = identity) stays.
         self.similarity = similarity if similarity is not None else DotSimilarity()
@@ -511,18 +521,34 @@ class BaseModel(nn.Module):
         (None when not given). Losses go through forward so a DDP wrapper sees the call.
         item_mm: the multimodal rows of (at least) these ids, from `host_item_mm` on the batch's
         host arrays (None: gathered here, which on CUDA copies the ids to the host: a sync)."""
-        ids = item_lookup_ids(seq, token_type, pos, neg, cand)  # one lookup for every id, so
-        flat = self._item_lookup(ids, item_mm)                   # itemdnn runs at most once
-        slots = 2 if neg is None else 3
-        per_slot = flat if cand is None else flat[:slots * seq.numel()]
-        # unbind, not indexing: each indexing's backward would zero-fill a full-size gradient
-        seq_vecs, pos_vecs, *rest = per_slot.view(slots, *seq.shape, -1).unbind(0)
-        neg_vecs = rest[0] if rest else None
-        cand_vecs = None if cand is None else flat[slots * seq.numel():]
+        if self.output_emb is None:
+            seq_vecs, pos_vecs, neg_vecs, cand_vecs = self._tied_vectors(seq, token_type, pos, neg,
+                                                                         cand, item_mm)
+        else:
+            seq_vecs = self._item_lookup(seq * (token_type == TOKEN_ITEM), item_mm)
+            pos_vecs, neg_vecs, cand_vecs = (None if ids is None else self.output_vectors(ids)
+                                             for ids in (pos, neg, cand))
         feats = self.log2feats(seq, token_type, item_part=seq_vecs)
         if vectors:
             return feats, pos_vecs, neg_vecs, cand_vecs
         return self.similarity(feats, pos_vecs), self.similarity(feats, neg_vecs)
+
+    def _tied_vectors(self, seq, token_type, pos, neg, cand, item_mm) -> tuple:
+        """The input items' and the scored items' vectors from one lookup of every id, so
+        itemdnn runs at most once -> (seq, pos, neg (B, L, D) or None, cand (M, D) or None)."""
+        flat = self._item_lookup(item_lookup_ids(seq, token_type, pos, neg, cand), item_mm)
+        slots = 2 if neg is None else 3
+        per_slot = flat if cand is None else flat[:slots * seq.numel()]
+        # unbind, not indexing: each indexing's backward would zero-fill a full-size gradient
+        seq_vecs, pos_vecs, *rest = per_slot.view(slots, *seq.shape, -1).unbind(0)
+        cand_vecs = None if cand is None else flat[slots * seq.numel():]
+        return seq_vecs, pos_vecs, rest[0] if rest else None, cand_vecs
+
+    def output_vectors(self, ids: Tensor) -> Tensor:
+        """With separate output embeddings: item ids (...) -> their scoring rows (..., D). A
+        cold item (inference: no id-embedding row, see FeatureEmbedder) scores with zeros."""
+        emb_id = getattr(self.features, "item_emb_id", None)
+        return self.output_emb(ids if emb_id is None else emb_id[ids])
 
     def _item_lookup(self, ids: Tensor, item_mm: ItemMM | None = None) -> Tensor:
         """ids (...) -> item parts (..., D). When the catalogue is smaller than the number of
@@ -565,4 +591,4 @@ class BaseModel(nn.Module):
 
     def embed_items(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> (..., D), the vectors the similarity scores queries against."""
-        return self.features.items(ids)
+        return self.features.items(ids) if self.output_emb is None else self.output_vectors(ids)

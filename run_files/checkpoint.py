@@ -25,7 +25,7 @@ TMP_PREFIX = ".tmp-"
 WEIGHTS, CONFIG = "model.pt", "config.json"
 # Flags that change the shapes or the function of the model: a checkpoint must agree on them.
 ARCHITECTURE_KEYS = ("hidden_units", "num_blocks", "num_heads", "maxlen", "norm_first", "block",
-                     "dnn_relu", "feature_fusion", "positions",
+                     "dnn_relu", "feature_fusion", "positions", "output_embedding",
                      "use_adaptive_similarity", "similarity_types", "similarity", "mm_emb_id")
 
 

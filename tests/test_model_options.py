@@ -97,3 +97,50 @@ def test_position_ids_by_slot_and_from_start():
     from_start = _model(positions="from_start")._position_ids(nonpad)
     assert slot.tolist() == [[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 5]]
     assert from_start.tolist() == [[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 1]]
+
+
+def _sequences():
+    seq = torch.tensor([[0, 0, 3, 7, 9], [0, 5, 2, 2, 8]])
+    return seq, (seq != 0).long(), torch.tensor([[0, 0, 7, 9, 4], [0, 2, 2, 8, 1]])
+
+
+@pytest.mark.parametrize("schema", [_schema(), _schema(item_sparse=["100"])])
+def test_separate_output_embedding_scores_items_with_rows_of_its_own(schema):
+    """Scored items (pos, neg, shared candidates, evaluation) are output_emb rows; the input
+    tokens are the tied model's, untouched by output_emb."""
+    model = _model(schema, output_embedding="separate", feature_fusion="sum").eval()
+    seq, token_type, pos = _sequences()
+    neg, cand = pos.flip(1), torch.tensor([1, 6, 40])
+    with torch.no_grad():
+        feats, pos_v, neg_v, cand_v = model(seq, token_type, pos, neg, cand, vectors=True)
+        rows = model.output_emb.weight
+        torch.testing.assert_close(pos_v, rows[pos])
+        torch.testing.assert_close(neg_v, rows[neg])
+        torch.testing.assert_close(cand_v, rows[cand])
+        torch.testing.assert_close(model.embed_items(cand), rows[cand])
+        pos_logits, _ = model(seq, token_type, pos, neg)
+        torch.testing.assert_close(pos_logits, (feats * rows[pos]).sum(-1))
+        model.output_emb.weight.mul_(3.0)  # the scoring rows change; the inputs do not
+        assert torch.equal(model(seq, token_type, pos, neg, vectors=True)[0], feats)
+    assert torch.all(rows[0] == 0)  # padding
+    tied = _model(schema, feature_fusion="sum").eval()
+    assert tied.output_emb is None
+    with torch.no_grad():
+        torch.testing.assert_close(tied.embed_items(cand), tied.features.items(cand))
+
+
+def test_separate_output_embedding_scores_cold_items_with_zeros():
+    """Inference maps items unseen in training to id row 0: they score 0, not another item."""
+    schema = _schema()
+    tables = {**_tables(schema), "item_emb_id": torch.tensor([0] + list(range(1, ITEMS)) + [0])}
+    model = BaseModel(schema, tables, ITEMS, USERS, hidden_units=HIDDEN, feature_fusion="sum",
+                      output_embedding="separate")
+    with torch.no_grad():
+        vecs = model.embed_items(torch.tensor([3, ITEMS]))
+    torch.testing.assert_close(vecs[0], model.output_emb.weight[3])
+    assert torch.all(vecs[1] == 0)
+
+
+def test_unknown_output_embedding_is_refused_with_the_flag_name():
+    with pytest.raises(ValueError, match="--output_embedding"):
+        _model(output_embedding="shared")

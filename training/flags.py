@@ -16,7 +16,7 @@ from training.cli_types import (device_name, finite_float, int_at_least, non_neg
                        unit_interval_right_open)
 from dataset import BAD_RECORD_POLICIES
 from demo_data import MIN_ITEMS as DEMO_MIN_ITEMS
-from model import ATTENTION_IMPLS, BLOCKS, FEATURE_FUSIONS, INITS, POSITION_MODES
+from model import ATTENTION_IMPLS, BLOCKS, FEATURE_FUSIONS, INITS, OUTPUT_EMBEDDINGS, POSITION_MODES
 from training.optim import BETAS
 from sampling import POPULARITY_SOURCES, RATIO_SCHEDULES
 from similarity import DEFAULT_SIMILARITY_TYPES, SIMILARITIES, SIMILARITY_TYPES
@@ -80,6 +80,11 @@ def _model_flags(g) -> None:
                         "the residual from the normalised stream, keys and values from the raw one, "
                         "then LayerNorm before the feed-forward (default: pre_ln with --norm_first, "
                         "else post_ln)")
+    g.add_argument("--output_embedding", choices=OUTPUT_EMBEDDINGS, default="tied",
+                   help="tied: items are scored with the vectors they enter a sequence with (id and "
+                        "features), as the baseline; separate: with an id-embedding table of their "
+                        "own (gSASRec's untied output embeddings; features then shape only the "
+                        "input tokens, and items unseen in training score 0)")
     g.add_argument("--dnn_relu", action=argparse.BooleanOptionalAction, default=True,
                    help="ReLU after itemdnn and userdnn, as the baseline; --no-dnn_relu keeps them "
                         "linear, so item vectors may take any sign (as plain SASRec's embeddings)")

@@ -119,13 +119,15 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
     """The model the flags describe; also rebuilds a trained one from a checkpoint's args."""
     similarity = build_similarity(args.hidden_units, args.use_adaptive_similarity,
                                   args.similarity_types, args.similarity)
+    output_embedding = getattr(args, "output_embedding", "tied")  # checkpoints made before it: tied
     return BaseModel(schema, tables, itemnum, usernum,
                      hidden_units=args.hidden_units, num_blocks=args.num_blocks,
                      num_heads=args.num_heads, dropout_rate=args.dropout_rate, maxlen=args.maxlen,
                      block=block_of(args), dnn_relu=args.dnn_relu, similarity=similarity,
                      attention_impl=args.attention_impl,
                      sparse_embeddings=args.sparse_embeddings, feature_fusion=args.feature_fusion,
-                     init=args.init, positions=args.positions)
+                     init=args.init, positions=args.positions,
+                     output_embedding=output_embedding)
 
 
 def compile_model(model: BaseModel, backend: str = "inductor") -> BaseModel:
