@@ -3,9 +3,9 @@
 Faithful to the original: item id + item features -> itemdnn (ReLU); user id + user features ->
 userdnn (ReLU); a token is item part + user part, scaled by sqrt(hidden), plus an absolute
 position embedding; causal self-attention blocks (post-LN; or pre-LN, or the SASRec reference's
-block: `BLOCKS`); a final LayerNorm. Different in one way that changes no number: the baseline turned per-token Python
-dicts into tensors inside forward; here every feature is a row of a table (a registered buffer)
-gathered by id, so forward is pure tensor work.
+block: `BLOCKS`); a final LayerNorm. Different in one way that changes no number: the baseline
+turned per-token Python dicts into tensors inside forward; here every feature is a row of a table
+(a registered buffer) gathered by id, so forward is pure tensor work.
 
 Options, off by default (README "Why the ML-1M baseline lands below ..."): feature_fusion "sum"
 (no itemdnn/userdnn: an item is the sum of its embeddings), init "normal" (N(0, 0.02), zero
@@ -438,8 +438,8 @@ class BaseModel(nn.Module):
             self.forward_layernorms.append(nn.LayerNorm(hidden_units, eps=1e-8))
             self.forward_layers.append(PointWiseFeedForward(hidden_units, dropout_rate))
         self.last_layernorm = nn.LayerNorm(hidden_units, eps=1e-8)
-        self.output_emb = (nn.Embedding(itemnum + 1, hidden_units, padding_idx=0, sparse=sparse_embeddings)
-                           if output_embedding == "separate" else None)
+        self.output_emb = None if output_embedding == "tied" else nn.Embedding(
+            itemnum + 1, hidden_units, padding_idx=0, sparse=sparse_embeddings)
         self._init_weights(init)
         # Added after the init so a similarity's own initialisation (bilinear = identity) stays.
         self.similarity = similarity if similarity is not None else DotSimilarity()

@@ -28,7 +28,8 @@ LOSS_KEYS = ("loss", "num_negatives", "negatives", "logq_correction", "tau", "gb
 OTHER = ("use_adaptive_similarity", "similarity_types", "use_smart_sampling", "popularity_source",
          "popular_ratio", "popularity_factor", "popular_ratio_schedule", "curriculum_epochs",
          "feature_fusion", "init", "positions", "norm_first", "block", "output_embedding",
-         "dnn_relu", "maxlen", "hidden_units", "num_blocks", "num_heads", "dropout_rate", "batch_size", "lr", "adam_betas", "num_epochs",
+         "dnn_relu", "maxlen", "hidden_units", "num_blocks", "num_heads", "dropout_rate",
+         "batch_size", "lr", "adam_betas", "num_epochs",
          "l2_emb", "amp", "sparse_embeddings", "attention_impl", "eval_every", "patience",
          "eval_sampled", "eval_filter_seen", "mm_emb_id")
 # Flags that place files or steer the process, not what is learned: never in `options`.
