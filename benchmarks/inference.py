@@ -5,13 +5,16 @@
 Scores --users random query vectors against --candidates random candidate vectors with
 infer.topk_exact (the dot product, chunked over users by --batch_size and over candidates by
 --score_chunk, with a running top-k merge) and prints users/s and the process's peak RSS. The
-model's forward passes are not part of this (bench.py measures them).
+model's forward passes are not part of this (bench.py measures them). --compare_prune times the
+pruned merge (infer's CPU default) and the plain one in turns on the same vectors, and checks
+that they pick the same items.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import sys
 import time
 
@@ -44,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help=f"also compare with one full-matrix topk (users x candidates <= "
                         f"{CHECK_LIMIT:,})")
+    p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=None,
+                   help="merge a candidate chunk only into the users it can improve (default "
+                        "as infer.py's: on CPU, off on CUDA)")
+    p.add_argument("--compare_prune", action="store_true",
+                   help="time the pruned and the plain merge in turns (--rounds each) and "
+                        "report both, their ratio and whether their top-k are equal")
+    p.add_argument("--rounds", type=positive_int, default=2,
+                   help="timed runs of each merge with --compare_prune (medians reported)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     return p
 
@@ -65,18 +76,41 @@ def run(args: argparse.Namespace) -> dict:
     items = random_vectors(args.candidates, args.dim, gen, device)
     sim = DotSimilarity()
     chunk = args.score_chunk or infer.default_score_chunk(device, args.batch_size)
-    start = time.perf_counter()
-    top = infer.topk_exact(sim, queries, items, args.topk, args.batch_size, chunk)
-    seconds = time.perf_counter() - start  # top is on the host: the device work is finished
+
+    def timed(prune):
+        start = time.perf_counter()
+        top = infer.topk_exact(sim, queries, items, args.topk, args.batch_size, chunk, prune)
+        return top, time.perf_counter() - start  # top is on the host: the device work is done
+
     result = {"users": args.users, "candidates": args.candidates, "dim": args.dim,
               "topk": args.topk, "batch_size": args.batch_size, "score_chunk": chunk,
               "threads": torch.get_num_threads(), "device": str(device),
-              "seconds": seconds, "users_per_s": args.users / seconds,
-              "score_block_mb": min(args.batch_size, args.users) * chunk * 4 / 2 ** 20,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "score_block_mb": min(args.batch_size, args.users) * chunk * 4 / 2 ** 20}
+    if args.compare_prune:
+        top, seconds = compare_prune(timed, args.rounds, args.users, result)
+    else:
+        top, seconds = timed(args.prune)
+    result.update(seconds=seconds, users_per_s=args.users / seconds,
+                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.check:
         result["checked_against_full_topk"] = check(queries, items, top, args.topk)
     return result
+
+
+def compare_prune(timed, rounds: int, users: int, result: dict):
+    """Time the pruned and the plain merge in turns (a load change hits both); adds the plain
+    merge's numbers, the ratio and the equality of the two top-k to result -> the pruned
+    (top, median seconds)."""
+    tops, times = {}, {True: [], False: []}
+    for _ in range(rounds):
+        for prune in (True, False):
+            tops[prune], seconds = timed(prune)
+            times[prune].append(seconds)
+    pruned_s, plain_s = statistics.median(times[True]), statistics.median(times[False])
+    result.update(seconds_unpruned=plain_s, users_per_s_unpruned=users / plain_s,
+                  prune_speedup=plain_s / pruned_s,
+                  pruned_equals_unpruned=bool(torch.equal(tops[True], tops[False])))
+    return tops[True], pruned_s
 
 
 def check(queries: torch.Tensor, items: torch.Tensor, top: torch.Tensor, k: int) -> bool:
@@ -98,6 +132,10 @@ def main(argv=None) -> int:
           f"candidates x {args.dim} in {result['seconds']:.1f} s, {result['threads']} thread(s)); "
           f"peak RSS {result['peak_rss_mb']:,.0f} MB; 1,000,000 users would take "
           f"{1e6 / result['users_per_s']:,.0f} s at this rate", file=sys.stderr)
+    if args.compare_prune:
+        print(f"plain merge: {result['users_per_s_unpruned']:,.0f} users/s; pruned "
+              f"{result['prune_speedup']:.2f}x faster, same top-k: "
+              f"{result['pruned_equals_unpruned']}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -42,7 +42,9 @@ def check_pmixer_dir(path: str) -> Path:
 
 
 def pmixer_command(args, epochs: int, device: str) -> list[str]:
-    """Its main.py's flags for bench's configuration (its names are ours, from the baseline)."""
+    """Its main.py's flags for bench's configuration (its names are ours, from the baseline).
+    Its default block is our --block sasrec and its --norm_first our pre_ln; our post_ln has no
+    counterpart there, so like-for-like timing passes --block sasrec or pre_ln to bench."""
     cmd = [sys.executable, "-u", "main.py", "--dataset", "ml-1m", "--train_dir", "bench",
            "--device", device, "--num_epochs", str(epochs)]
     for flag in ("batch_size", "lr", "maxlen", "hidden_units", "num_blocks", "num_heads",

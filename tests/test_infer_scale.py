@@ -29,13 +29,15 @@ class Recording(torch.nn.Module):
         return scores
 
 
+@pytest.mark.parametrize("prune", [True, False])
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("batch_size,chunk", [(1, 10), (7, 13), (16, 100), (64, 999), (50, 5000)])
-def test_chunked_topk_equals_full_topk_and_chunk_bounds_scores(adaptive, batch_size, chunk):
+def test_chunked_topk_equals_full_topk_and_chunk_bounds_scores(adaptive, batch_size, chunk, prune):
     gen = torch.Generator().manual_seed(batch_size * 1000 + chunk)
     queries, items = torch.randn(53, 8, generator=gen), torch.randn(999, 8, generator=gen)
     sim = Recording(build_similarity(8, adaptive, ["dot", "cosine", "scaled", "bilinear"]))
-    got = infer.topk_exact(sim, queries, items, k=10, batch_size=batch_size, chunk=chunk)
+    got = infer.topk_exact(sim, queries, items, k=10, batch_size=batch_size, chunk=chunk,
+                           prune=prune)
     with torch.no_grad():
         want = sim.inner.score_all(queries, items).topk(10, dim=1).indices
     assert torch.equal(got, want)
@@ -43,6 +45,51 @@ def test_chunked_topk_equals_full_topk_and_chunk_bounds_scores(adaptive, batch_s
     assert max(r for r, _ in sim.shapes) <= batch_size
     assert max(c for _, c in sim.shapes) <= max(chunk, 10)
     assert sum(r * c for r, c in sim.shapes) == len(queries) * len(items)
+
+
+def merged_rows(monkeypatch) -> list:
+    """Patch infer._merge to record how many rows each chunk merge handles."""
+    rows, merge = [], infer._merge
+    monkeypatch.setattr(infer, "_merge", lambda best_s, *a: rows.append(len(best_s)) or
+                        merge(best_s, *a))
+    return rows
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "random"])
+def test_pruned_merge_skips_only_rows_that_cannot_improve(monkeypatch, order):
+    # positive queries and items along one positive direction: item j's score rises with j for
+    # every user, so ascending order improves every row in every chunk, descending in none
+    gen = torch.Generator().manual_seed(5)
+    queries = torch.rand(40, 4, generator=gen) + 0.1
+    items = torch.linspace(0.1, 1, 300).unsqueeze(1) * torch.ones(1, 4)
+    items = items[{"ascending": torch.arange(300), "descending": torch.arange(299, -1, -1),
+                   "random": torch.randperm(300, generator=gen)}[order]]
+    rows = merged_rows(monkeypatch)
+    got = infer.topk_exact(build_similarity(4, False, ["dot"]), queries, items, k=5,
+                           batch_size=16, chunk=30)
+    assert torch.equal(got, (queries @ items.T).topk(5, dim=1).indices)
+    chunks_after_first = 3 * 9  # 3 user batches, 10 chunks each
+    if order == "ascending":
+        assert rows == [16, 16, 16, 16, 16, 16, 16, 16, 16] * 2 + [8] * 9
+    elif order == "descending":
+        assert rows == []
+    else:
+        assert 0 < len(rows) < chunks_after_first
+
+
+def test_pruned_merge_is_the_cpu_default_and_can_be_turned_off(monkeypatch):
+    # (on CUDA the default is the plain merge: the pruned one decides on the host per chunk,
+    # a device sync every chunk; not testable on this CPU-only suite)
+    queries = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    items = torch.linspace(0.1, 1, 50).unsqueeze(1) * torch.ones(1, 4)
+    items = items.flip(0)  # descending scores: no chunk after the first improves any row
+    rows = merged_rows(monkeypatch)
+    infer.topk_exact(build_similarity(4, False, ["dot"]), queries.abs(), items, k=3,
+                     batch_size=6, chunk=10)
+    assert rows == []  # CPU default: pruned
+    infer.topk_exact(build_similarity(4, False, ["dot"]), queries.abs(), items, k=3,
+                     batch_size=6, chunk=10, prune=False)
+    assert rows == [6] * 4  # every chunk after the first merged into every row
 
 
 def test_chunk_smaller_than_k_still_returns_full_topk():
