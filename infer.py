@@ -377,7 +377,10 @@ def main(argv=None) -> dict:
     model = load_model(train_args, data, weights, device)
     start = time.perf_counter()
     items = candidate_vectors(model, data.cand_rows, device, amp_dtype, args.vector_chunk)
+    log.info("candidate vectors: %d in %.1f s", len(items), seconds_since(start, device))
     queries = user_queries(model, data, train_args.maxlen, device, amp_dtype, args.batch_size)
+    log.info("query vectors: %d users, %.1f s since the start", len(queries),
+             seconds_since(start, device))
     with torch.no_grad():
         v_reduced = model.similarity.item_vectors(items).float()
         q_reduced = model.similarity.query_vectors(queries).float()
@@ -399,6 +402,13 @@ def main(argv=None) -> dict:
     log_throughput(len(result["users"]), len(items), scored - scoring,
                    time.perf_counter() - start)
     return result
+
+
+def seconds_since(start: float, device) -> float:
+    """Wall time since start once the device's queued work is done (one sync per stage)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def log_throughput(users: int, candidates: int, score_s: float, total_s: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dataset import TOKEN_ITEM
+from inputs.unique import sorted_unique
 
 
 def seen_candidates(seqs, item_emb_id: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
@@ -22,8 +23,11 @@ def seen_candidates(seqs, item_emb_id: np.ndarray, cand_rows: np.ndarray) -> np.
     is_item = np.asarray(seqs.tok_type) == TOKEN_ITEM
     line = np.repeat(np.arange(seqs.num_lines), np.diff(np.asarray(seqs.line_offsets)))
     cand = index_of[np.asarray(item_emb_id)[np.asarray(seqs.tok_id)[is_item]]]
-    pairs = np.stack([line[is_item], cand], 1)[cand >= 0]
-    return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), np.int64)
+    hit = cand >= 0
+    # one int64 key per pair, ordered as (line, candidate): on 10M pairs 0.6 s, against 12 s
+    # for np.unique(axis=0) (numpy 2.4; inputs/unique.py)
+    keys = sorted_unique(line[is_item][hit] * len(cand_rows) + cand[hit])
+    return np.stack([keys // len(cand_rows), keys % len(cand_rows)], 1).astype(np.int64)
 
 
 def extra_k(pairs: np.ndarray, num_lines: int) -> int:

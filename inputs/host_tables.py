@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from inputs.unique import sorted_unique
+
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
                  np.dtype(np.float64): torch.float64}
 
@@ -58,7 +60,7 @@ class HostTables:
         `pin` (a CUDA copy follows). Thread-safe: the input workers run it ahead of the step."""
         if not self.tables:
             return None
-        uniq = np.unique(np.asarray(ids).ravel()).astype(np.int64)
+        uniq = sorted_unique(ids).astype(np.int64)
         uniq_t = torch.from_numpy(uniq)
         rows = tuple(self._rows(src, uniq_t, pin) for src in self._sources.values())
         return (uniq_t.pin_memory() if pin else uniq_t), rows

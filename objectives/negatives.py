@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from dataset import TOKEN_ITEM
+from inputs.unique import sorted_unique
 
 NEGATIVE_SOURCES: tuple[str, ...] = ("uniform", "popularity", "in_batch")  # argparse choices=
 GLOBAL_SOURCES = ("uniform", "popularity")
@@ -72,7 +73,7 @@ class BatchNegatives:
         if not self.logq:
             log_count, pos_logq = np.zeros_like(log_count), np.zeros_like(pos_logq)
         if self.in_batch:
-            items, copies = np.unique(batch["pos"].reshape(-1)[index], return_counts=True)
+            items, copies = sorted_unique(batch["pos"].reshape(-1)[index], return_counts=True)
             in_batch_logq = np.log(copies) * -1.0
             if self.logq:
                 in_batch_logq += np.log(index.size) + self._log_freq[items]

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from dataset import DataError, load_dataset
 from inputs.batching import competition_split, item_counts, leave_one_out_split, random_user_split
+from inputs.unique import sorted_unique
 from model import BaseModel
 from objectives import objective
 from sampling import build_sampler
@@ -151,7 +152,7 @@ def check_eval_sampled(args, data) -> None:
     seqs = data.seqs
     items = np.asarray(seqs.tok_type) == 1
     line = np.repeat(np.arange(seqs.num_lines), np.diff(np.asarray(seqs.line_offsets)))
-    pairs = np.unique(line[items].astype(np.int64) * (data.itemnum + 1)
+    pairs = sorted_unique(line[items].astype(np.int64) * (data.itemnum + 1)
                       + np.asarray(seqs.tok_id)[items])
     distinct = np.bincount(pairs // (data.itemnum + 1), minlength=seqs.num_lines)
     allowed = data.itemnum - int(distinct.max()) if len(distinct) else data.itemnum
