@@ -153,7 +153,7 @@ def check_eval_sampled(args, data) -> None:
     items = np.asarray(seqs.tok_type) == 1
     line = np.repeat(np.arange(seqs.num_lines), np.diff(np.asarray(seqs.line_offsets)))
     pairs = sorted_unique(line[items].astype(np.int64) * (data.itemnum + 1)
-                      + np.asarray(seqs.tok_id)[items])
+                          + np.asarray(seqs.tok_id)[items])
     distinct = np.bincount(pairs // (data.itemnum + 1), minlength=seqs.num_lines)
     allowed = data.itemnum - int(distinct.max()) if len(distinct) else data.itemnum
     if args.eval_sampled > allowed:
