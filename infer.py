@@ -35,6 +35,7 @@ from tqdm import tqdm
 from run_files import checkpoint as ckpt
 from training.cli_types import device_name, positive_int
 from inputs.batching import Ranges, query_arrays
+from inputs.heap import trim_heap
 from dataset import BAD_RECORD_POLICIES, DataError, FeatureSchema
 from evaluation import seen as seen_filter
 from layouts.inference_v1 import InferenceData
@@ -55,6 +56,7 @@ SCORE_BUDGET = 2 ** 24  # scores held at once per exact top-k step (64 MB in fp3
 # On CPU a 4 MB score block stays in cache: 1.4-1.8x the users/s of 64 MB blocks at 660k x 32
 # (benchmarks/inference.py, docs/speed.md); a GPU wants the large blocks.
 CPU_SCORE_BUDGET = 2 ** 20
+TRIM_EVERY = 64  # query batches between heap trims: 0.15% of the stage at 1M users (docs/speed.md)
 
 
 class InferenceError(Exception):
@@ -131,7 +133,7 @@ def training_args(config: dict) -> argparse.Namespace:
 
 def load_trained(path: str) -> tuple[argparse.Namespace, dict, dict]:
     """-> (training args, stored data description {schema, itemnum, usernum} or {}, weights)."""
-    saved = ckpt.load_training_checkpoint(path)
+    saved = ckpt.load_training_checkpoint(path, mmap=True)  # the optimizer state stays on disk
     config = saved["config"]
     return training_args(config), config.get("data") or {}, saved["model"]
 
@@ -177,12 +179,15 @@ def user_queries(model: BaseModel, data: InferenceData, maxlen: int, device, amp
     off = np.asarray(data.seqs.line_offsets, np.int64)
     n = data.seqs.num_lines
     out = []
-    for b in tqdm(range(0, n, batch_size), desc="queries", disable=None, leave=False):
+    for i, b in enumerate(tqdm(range(0, n, batch_size), desc="queries", disable=None,
+                               leave=False)):
         lines = np.arange(b, min(b + batch_size, n))
         arrays = query_arrays(data.seqs, Ranges(lines, off[lines], off[lines + 1]), maxlen)
         batch = to_device(arrays, device)
         with autocast(device, amp_dtype):
             out.append(model.predict(batch["seq"], batch["token_type"]).float())
+        if i % TRIM_EVERY == TRIM_EVERY - 1:
+            trim_heap()  # else the heap keeps the batches' freed pages (inputs/heap.py)
     return torch.cat(out) if out else torch.zeros(0, model.hidden, device=device)
 
 
@@ -190,7 +195,8 @@ def user_queries(model: BaseModel, data: InferenceData, maxlen: int, device, amp
 
 @torch.no_grad()
 def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: int,
-               chunk: int | None = None, prune: bool | None = None) -> Tensor:
+               chunk: int | None = None, prune: bool | None = None,
+               seen: seen_filter.SeenMask | None = None) -> Tensor:
     """queries (U, D), items (N, D) -> (U, min(k, N)) int64 item indices, best first.
 
     Users go batch_size at a time and candidates chunk at a time (default SCORE_BUDGET //
@@ -201,7 +207,10 @@ def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: i
     their current k-th best. After the first chunks few rows qualify, so most chunks cost a
     matrix product and a row max instead of a top-k (a top-k of a 512 x 2,048 block costs
     ~8x its product on CPU; 2.4x the users/s at 660k x 32, docs/speed.md). It needs a host
-    decision per chunk, a device sync on CUDA, so it is off there."""
+    decision per chunk, a device sync on CUDA, so it is off there.
+
+    seen: each user's seen candidates score -inf (the caller checks that every user keeps k
+    unseen ones: seen_filter.masking_fits)."""
     k = min(k, len(items))
     if chunk is None:
         chunk = SCORE_BUDGET // max(1, min(batch_size, len(queries)))
@@ -209,16 +218,37 @@ def topk_exact(similarity, queries: Tensor, items: Tensor, k: int, batch_size: i
     if prune is None:
         prune = queries.device.type == "cpu"
     merge = _merge_rows_that_improve if prune else _merge
+    starts = np.append(np.arange(0, len(items), chunk), len(items))
     out = []
     for b in tqdm(range(0, len(queries), batch_size), desc="top-k", disable=None, leave=False):
         q = queries[b:b + batch_size]
+        mask = None if seen is None else _batch_mask(seen, b, b + len(q), starts, q.device)
+
+        def block(i: int) -> Tensor:
+            scores = similarity.score_all(q, items[starts[i]:starts[i + 1]])
+            if mask is not None:
+                rows, cols, bounds = mask
+                lo, hi = bounds[i], bounds[i + 1]
+                # a value made on the device: new_tensor(-inf) would copy from the host
+                minus_inf = torch.full((), float("-inf"), dtype=scores.dtype,
+                                       device=scores.device)
+                scores.index_put_((rows[lo:hi], cols[lo:hi] - starts[i]), minus_inf)
+            return scores
+
         # the first chunk holds at least k candidates (chunk >= k, N >= k): a full top-k
-        best_s, best_i = similarity.score_all(q, items[:chunk]).topk(k, dim=1)
-        for c in range(chunk, len(items), chunk):
-            best_s, best_i = merge(best_s, best_i, similarity.score_all(q, items[c:c + chunk]),
-                                   c, k)
+        best_s, best_i = block(0).topk(k, dim=1)
+        for i in range(1, len(starts) - 1):
+            best_s, best_i = merge(best_s, best_i, block(i), int(starts[i]), k)
         out.append(best_i.cpu())
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+def _batch_mask(seen: seen_filter.SeenMask, first: int, stop: int, starts: np.ndarray, device):
+    """SeenMask.batch with rows and columns on the device (bounds stay host ints: slicing by
+    them needs no sync)."""
+    rows, cols, bounds = seen.batch(first, stop, starts)
+    return (torch.from_numpy(rows).to(device, non_blocking=True),
+            torch.from_numpy(cols).to(device, non_blocking=True), bounds.tolist())
 
 
 def _merge(best_s: Tensor, best_i: Tensor, scores: Tensor, offset: int, k: int):
@@ -373,8 +403,9 @@ def main(argv=None) -> dict:
                           stored.get("usernum"), train_args.mm_emb_id, args.on_bad_record)
     seen = (seen_filter.seen_candidates(data.seqs, data.item_emb_id, data.cand_rows)
             if args.exclude_seen else np.zeros((0, 2), np.int64))
-    k = args.topk + seen_filter.extra_k(seen, data.seqs.num_lines)
+    mask, k = seen_plan(args, seen, data.seqs.num_lines, len(data.cand_rows))
     model = load_model(train_args, data, weights, device)
+    del weights  # the model holds its own copy
     start = time.perf_counter()
     items = candidate_vectors(model, data.cand_rows, device, amp_dtype, args.vector_chunk)
     log.info("candidate vectors: %d in %.1f s", len(items), seconds_since(start, device))
@@ -391,9 +422,11 @@ def main(argv=None) -> dict:
         top = topk_faiss(q_reduced, v_reduced, k, args.batch_size)
     else:
         top = topk_exact(model.similarity, queries, items, k, args.batch_size,
-                         args.score_chunk or default_score_chunk(device, args.batch_size))
+                         args.score_chunk or default_score_chunk(device, args.batch_size),
+                         seen=mask)
     scored = time.perf_counter()  # topk_* return CPU tensors: the device work is done here
-    top = torch.from_numpy(seen_filter.drop_seen(top.numpy(), seen, len(items), args.topk))
+    if mask is None:
+        top = torch.from_numpy(seen_filter.drop_seen(top.numpy(), seen, len(items), args.topk))
     result = write_outputs(Path(args.output), data, top, q_reduced, v_reduced)
     if args.official_result:
         write_official_result(Path(args.official_result), result)
@@ -402,6 +435,22 @@ def main(argv=None) -> dict:
     log_throughput(len(result["users"]), len(items), scored - scoring,
                    time.perf_counter() - start)
     return result
+
+
+def seen_plan(args, seen: np.ndarray, num_lines: int, num_candidates: int):
+    """-> (SeenMask or None, the k to search). The exact top-k masks the seen candidates itself
+    when that gives drop_seen's result, so k stays --topk; else (faiss, or a user with fewer
+    than k unseen candidates) search k + the most seen by one user and drop_seen afterwards."""
+    if args.ann == "exact" and len(seen) and seen_filter.masking_fits(
+            seen, num_lines, num_candidates, args.topk):
+        log.info("seen candidates: %d (user, candidate) pairs, masked inside the top-k",
+                 len(seen))
+        return seen_filter.SeenMask(seen, num_lines), args.topk
+    extra = seen_filter.extra_k(seen, num_lines)
+    if extra:
+        log.info("seen candidates: %d pairs; searching the top %d and dropping them after",
+                 len(seen), args.topk + extra)
+    return None, args.topk + extra
 
 
 def seconds_since(start: float, device) -> float:

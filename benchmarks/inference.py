@@ -7,7 +7,9 @@ infer.topk_exact (the dot product, chunked over users by --batch_size and over c
 --score_chunk, with a running top-k merge) and prints users/s and the process's peak RSS. The
 model's forward passes are not part of this (bench.py measures them). --compare_prune times the
 pruned merge (infer's CPU default) and the plain one in turns on the same vectors, and checks
-that they pick the same items.
+that they pick the same items. --seen_per_user S gives every user S random seen candidates,
+masked inside the top-k as infer.py --exclude_seen does; --compare_seen also times the
+fallback (search the top k + the most seen by one user, drop the seen ones after) in turns.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 import infer
+from evaluation import seen as seen_filter
 from training.cli_types import device_name, positive_int
 from training.setup import resolve_device
 from similarity import DotSimilarity
@@ -53,8 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare_prune", action="store_true",
                    help="time the pruned and the plain merge in turns (--rounds each) and "
                         "report both, their ratio and whether their top-k are equal")
+    p.add_argument("--seen_per_user", type=int, default=0,
+                   help="random seen candidates per user (duplicates dropped), excluded from "
+                        "the top-k by masking inside it, as infer.py --exclude_seen does")
+    p.add_argument("--compare_seen", action="store_true",
+                   help="with --seen_per_user: also time the fallback (the top k + the most "
+                        "seen by one user, seen ones dropped after) in turns; report both, "
+                        "their ratio and whether their top-k are equal")
     p.add_argument("--rounds", type=positive_int, default=2,
-                   help="timed runs of each merge with --compare_prune (medians reported)")
+                   help="timed runs of each variant with --compare_prune or --compare_seen "
+                        "(medians reported)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     return p
 
@@ -67,6 +79,16 @@ def random_vectors(n: int, dim: int, gen: torch.Generator, device) -> torch.Tens
     return out.to(device)
 
 
+def random_seen(users: int, candidates: int, per_user: int, seed: int) -> np.ndarray:
+    """(M, 2) int64 distinct (user, candidate) pairs, ordered as seen_filter.seen_candidates
+    gives them: per_user random draws each (the few repeats dropped)."""
+    rng = np.random.default_rng(seed)
+    keys = (np.repeat(np.arange(users, dtype=np.int64), per_user) * candidates
+            + rng.integers(0, candidates, users * per_user))
+    keys = np.unique(keys)
+    return np.stack([keys // candidates, keys % candidates], 1)
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,53 +98,95 @@ def run(args: argparse.Namespace) -> dict:
     items = random_vectors(args.candidates, args.dim, gen, device)
     sim = DotSimilarity()
     chunk = args.score_chunk or infer.default_score_chunk(device, args.batch_size)
+    seen = (random_seen(args.users, args.candidates, args.seen_per_user, args.seed)
+            if args.seen_per_user else None)
 
-    def timed(prune):
+    def timed(prune, masked=True):
         start = time.perf_counter()
-        top = infer.topk_exact(sim, queries, items, args.topk, args.batch_size, chunk, prune)
+        if seen is None or masked:
+            mask = None if seen is None else seen_filter.SeenMask(seen, args.users)
+            top = infer.topk_exact(sim, queries, items, args.topk, args.batch_size, chunk,
+                                   prune, seen=mask)
+        else:
+            k = args.topk + seen_filter.extra_k(seen, args.users)
+            top = infer.topk_exact(sim, queries, items, k, args.batch_size, chunk, prune)
+            top = torch.from_numpy(seen_filter.drop_seen(top.numpy(), seen, args.candidates,
+                                                         args.topk))
         return top, time.perf_counter() - start  # top is on the host: the device work is done
 
     result = {"users": args.users, "candidates": args.candidates, "dim": args.dim,
               "topk": args.topk, "batch_size": args.batch_size, "score_chunk": chunk,
               "threads": torch.get_num_threads(), "device": str(device),
-              "score_block_mb": min(args.batch_size, args.users) * chunk * 4 / 2 ** 20}
+              "score_block_mb": min(args.batch_size, args.users) * chunk * 4 / 2 ** 20,
+              "seen_pairs": 0 if seen is None else len(seen)}
     if args.compare_prune:
         top, seconds = compare_prune(timed, args.rounds, args.users, result)
+    elif args.compare_seen:
+        top, seconds = compare_seen(lambda masked: timed(args.prune, masked), args.rounds,
+                                    args.users, result)
     else:
         top, seconds = timed(args.prune)
     result.update(seconds=seconds, users_per_s=args.users / seconds,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.check:
-        result["checked_against_full_topk"] = check(queries, items, top, args.topk)
+        result["checked_against_full_topk"] = check(queries, items, top, args.topk, seen)
     return result
 
 
-def compare_prune(timed, rounds: int, users: int, result: dict):
-    """Time the pruned and the plain merge in turns (a load change hits both); adds the plain
-    merge's numbers, the ratio and the equality of the two top-k to result -> the pruned
-    (top, median seconds)."""
-    tops, times = {}, {True: [], False: []}
+def in_turns(timed, variants: tuple, rounds: int) -> tuple[dict, dict]:
+    """Run timed(variant) for each variant in turns (a load change hits all), rounds times ->
+    ({variant: its last top-k}, {variant: median seconds})."""
+    tops, times = {}, {v: [] for v in variants}
     for _ in range(rounds):
-        for prune in (True, False):
-            tops[prune], seconds = timed(prune)
-            times[prune].append(seconds)
-    pruned_s, plain_s = statistics.median(times[True]), statistics.median(times[False])
-    result.update(seconds_unpruned=plain_s, users_per_s_unpruned=users / plain_s,
-                  prune_speedup=plain_s / pruned_s,
+        for v in variants:
+            tops[v], seconds = timed(v)
+            times[v].append(seconds)
+    return tops, {v: statistics.median(t) for v, t in times.items()}
+
+
+def compare_prune(timed, rounds: int, users: int, result: dict):
+    """Time the pruned and the plain merge in turns; adds the plain merge's numbers, the ratio
+    and the equality of the two top-k to result -> the pruned (top, median seconds)."""
+    tops, seconds = in_turns(timed, (True, False), rounds)
+    result.update(seconds_unpruned=seconds[False], users_per_s_unpruned=users / seconds[False],
+                  prune_speedup=seconds[False] / seconds[True],
                   pruned_equals_unpruned=bool(torch.equal(tops[True], tops[False])))
-    return tops[True], pruned_s
+    return tops[True], seconds[True]
 
 
-def check(queries: torch.Tensor, items: torch.Tensor, top: torch.Tensor, k: int) -> bool:
-    """True when the chunked result equals one topk over the full (U, N) score matrix."""
+def compare_seen(timed, rounds: int, users: int, result: dict):
+    """Time the seen mask inside the top-k and the fallback (top k + extra, drop_seen) in
+    turns; adds the fallback's numbers, the ratio and the equality of the two top-k to result
+    -> the masked (top, median seconds)."""
+    tops, seconds = in_turns(timed, (True, False), rounds)
+    result.update(seconds_drop_seen=seconds[False], users_per_s_drop_seen=users / seconds[False],
+                  mask_speedup=seconds[False] / seconds[True],
+                  masked_equals_dropped=bool(torch.equal(tops[True], tops[False])))
+    return tops[True], seconds[True]
+
+
+def check(queries: torch.Tensor, items: torch.Tensor, top: torch.Tensor, k: int,
+          seen: np.ndarray | None) -> bool:
+    """True when the chunked result equals one topk over the full (U, N) score matrix (the
+    seen pairs at -inf)."""
     with torch.no_grad():
-        want = (queries @ items.T).topk(min(k, len(items)), dim=1).indices.cpu()
+        scores = queries @ items.T
+        if seen is not None:
+            scores[torch.from_numpy(seen[:, 0]), torch.from_numpy(seen[:, 1])] = float("-inf")
+        want = scores.topk(min(k, len(items)), dim=1).indices.cpu()
     return bool(torch.equal(top, want))
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare_seen and not args.seen_per_user:
+        parser.error("--compare_seen needs --seen_per_user S > 0")
+    if args.compare_seen and args.compare_prune:
+        parser.error("--compare_seen and --compare_prune: pick one comparison per run")
+    if args.seen_per_user < 0 or args.topk > args.candidates - args.seen_per_user:
+        parser.error("--seen_per_user must be >= 0 and leave every user --topk unseen "
+                     "candidates")
     if args.check and args.users * args.candidates > CHECK_LIMIT:
         parser.error(f"--check builds the full score matrix: --users x --candidates must be "
                      f"<= {CHECK_LIMIT:,}, got {args.users * args.candidates:,}")
@@ -136,6 +200,11 @@ def main(argv=None) -> int:
         print(f"plain merge: {result['users_per_s_unpruned']:,.0f} users/s; pruned "
               f"{result['prune_speedup']:.2f}x faster, same top-k: "
               f"{result['pruned_equals_unpruned']}", file=sys.stderr)
+    if args.compare_seen:
+        print(f"top {args.topk} + extra, seen dropped after: "
+              f"{result['users_per_s_drop_seen']:,.0f} users/s; masked inside the top-k "
+              f"{result['mask_speedup']:.2f}x faster, same top-k: "
+              f"{result['masked_equals_dropped']}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -1,9 +1,12 @@
 """Remove each user's history from its recommendations (infer.py --exclude_seen).
 
 The competition's targets are items new to the user (the next click after the reference time),
-so re-recommending what the user already interacted with wastes slots. The filter works on any
-top-k: search k + (the most candidates one user has seen) and drop the seen ones, which gives
-exactly the best k unseen candidates without touching the scoring code.
+so re-recommending what the user already interacted with wastes slots. Two ways, same result:
+- SeenMask: the exact top-k sets a user's seen candidates to -inf in each score block, so k
+  stays k (used whenever every user keeps at least k unseen candidates);
+- drop_seen, for any top-k (faiss too): search k + (the most candidates one user has seen) and
+  drop the seen ones afterwards. On the competition's scale the larger k made the exact top-k
+  3.0x slower (k 37 against 10, benchmarks/inference.py --compare_seen, docs/speed.md).
 """
 from __future__ import annotations
 
@@ -44,3 +47,27 @@ def drop_seen(top: np.ndarray, pairs: np.ndarray, num_candidates: int, k: int) -
     is_seen = np.isin(lines * num_candidates + top, keys)
     order = np.argsort(is_seen, axis=1, kind="stable")
     return np.take_along_axis(top, order, 1)[:, :k]
+
+
+def masking_fits(pairs: np.ndarray, num_lines: int, num_candidates: int, k: int) -> bool:
+    """Whether every line keeps at least k unseen candidates: then the best k of the scores with
+    the seen ones at -inf are exactly drop_seen's k (else drop_seen, which ranks seen ones last
+    by score, is needed)."""
+    return num_candidates - extra_k(pairs, num_lines) >= k
+
+
+class SeenMask:
+    """The seen (line, candidate) pairs as the chunked top-k masks with them: for a batch of
+    lines, the pairs ordered by candidate, so that each candidate chunk is one slice."""
+
+    def __init__(self, pairs: np.ndarray, num_lines: int):
+        self.pairs = np.asarray(pairs, np.int64)  # ordered by (line, candidate): seen_candidates
+        self.line_start = np.searchsorted(self.pairs[:, 0], np.arange(num_lines + 1))
+
+    def batch(self, first: int, stop: int, chunk_starts: np.ndarray):
+        """Lines first..stop-1 and chunk start columns (ascending, with the end appended) ->
+        (rows relative to first, candidate columns, bounds): chunk i's pairs are
+        [bounds[i], bounds[i + 1])."""
+        p = self.pairs[self.line_start[first]:self.line_start[stop]]
+        p = p[np.argsort(p[:, 1], kind="stable")]
+        return p[:, 0] - first, p[:, 1], np.searchsorted(p[:, 1], chunk_starts)

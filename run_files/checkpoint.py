@@ -169,10 +169,10 @@ def best_existing(ckpt_dir: str | Path, metric: str = "NDCG@10") -> Path | None:
     return max(scored, key=lambda t: t[:3])[3] if scored else None
 
 
-def load_training_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_training_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """A checkpoint of main.py (weights and config with args), or CheckpointError; a plain
-    state_dict (the original baseline's model.pt) is named as such."""
-    saved = load_checkpoint(path, map_location)
+    state_dict (the original baseline's model.pt) is named as such. mmap: see load_checkpoint."""
+    saved = load_checkpoint(path, map_location, mmap)
     config = saved.get("config") if isinstance(saved, dict) else None
     if not isinstance(config, dict) or not isinstance(config.get("args"), dict) \
             or not isinstance(saved.get("model"), dict):
@@ -185,11 +185,13 @@ def load_training_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return saved
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """The saved dict; weights_only=True so a checkpoint cannot run code."""
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """The saved dict; weights_only=True so a checkpoint cannot run code. mmap=True maps the
+    file instead of reading it: a reader that takes only the weights never reads the
+    optimizer state (two thirds of the file under Adam) into memory."""
     path = resolve(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 

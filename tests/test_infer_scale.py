@@ -2,15 +2,18 @@
 with the score chunk bounding what is materialised; the chunk flags; benchmarks/inference.py."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import infer
+from evaluation import seen as seen_filter
 from similarity import build_similarity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +95,55 @@ def test_pruned_merge_is_the_cpu_default_and_can_be_turned_off(monkeypatch):
     assert rows == [6] * 4  # every chunk after the first merged into every row
 
 
+def random_seen(num_users: int, num_candidates: int, most: int, gen) -> np.ndarray:
+    """(M, 2) distinct (user, candidate) pairs ordered as seen_candidates gives them, up to
+    `most` per user (some users none)."""
+    pairs = {(u, int(c)) for u in range(num_users)
+             for c in torch.randint(num_candidates, (int(torch.randint(most + 1, (1,),
+                                                                        generator=gen)),),
+                                    generator=gen)}
+    return np.array(sorted(pairs), np.int64).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("prune", [True, False])
+@pytest.mark.parametrize("batch_size,chunk", [(1, 10), (7, 13), (16, 100), (64, 999)])
+def test_seen_mask_inside_topk_equals_masked_full_topk_and_drop_seen(batch_size, chunk, prune):
+    gen = torch.Generator().manual_seed(batch_size + chunk)
+    queries, items = torch.randn(53, 8, generator=gen), torch.randn(400, 8, generator=gen)
+    pairs = random_seen(53, 400, 60, gen)
+    assert seen_filter.masking_fits(pairs, 53, 400, 10)
+    got = infer.topk_exact(build_similarity(8, False, ["dot"]), queries, items, k=10,
+                           batch_size=batch_size, chunk=chunk, prune=prune,
+                           seen=seen_filter.SeenMask(pairs, 53))
+    scores = queries @ items.T
+    scores[pairs[:, 0], pairs[:, 1]] = float("-inf")
+    assert torch.equal(got, scores.topk(10, dim=1).indices)
+    # the same as the search for k + extra_k followed by drop_seen (the fallback path)
+    wide = (queries @ items.T).topk(10 + seen_filter.extra_k(pairs, 53), dim=1).indices
+    assert np.array_equal(got.numpy(), seen_filter.drop_seen(wide.numpy(), pairs, 400, 10))
+
+
+def test_seen_mask_batch_gives_each_chunk_its_pairs():
+    pairs = np.array([[0, 5], [0, 12], [2, 1], [2, 9], [3, 12], [5, 0]], np.int64)
+    mask = seen_filter.SeenMask(pairs, 6)
+    rows, cols, bounds = mask.batch(2, 5, np.array([0, 8, 16]))  # lines 2-4, chunks 0-7, 8-15
+    assert rows.tolist() == [0, 0, 1] and cols.tolist() == [1, 9, 12]
+    assert bounds.tolist() == [0, 1, 3]
+
+
+def test_seen_plan_masks_only_when_every_user_keeps_k_unseen():
+    pairs = np.array([[0, c] for c in range(15)] + [[1, 3]], np.int64)  # user 0: 15 of 20 seen
+    exact = argparse.Namespace(ann="exact", topk=5)
+    mask, k = infer.seen_plan(exact, pairs, 2, 20)
+    assert isinstance(mask, seen_filter.SeenMask) and k == 5
+    mask, k = infer.seen_plan(argparse.Namespace(ann="exact", topk=6), pairs, 2, 20)
+    assert mask is None and k == 6 + 15  # user 0 keeps 5 < 6: drop_seen ranks seen ones last
+    mask, k = infer.seen_plan(argparse.Namespace(ann="faiss", topk=5), pairs, 2, 20)
+    assert mask is None and k == 5 + 15
+    mask, k = infer.seen_plan(exact, np.zeros((0, 2), np.int64), 2, 20)
+    assert mask is None and k == 5  # nothing seen: nothing to mask or drop
+
+
 def test_chunk_smaller_than_k_still_returns_full_topk():
     gen = torch.Generator().manual_seed(1)
     queries, items = torch.randn(5, 4, generator=gen), torch.randn(30, 4, generator=gen)
@@ -123,6 +175,19 @@ def test_bench_infer_reports_users_per_second_and_matches_plain_topk(tmp_path):
     result = json.loads(out.read_text())
     assert result["users"] == 300 and result["candidates"] == 2000
     assert result["users_per_s"] > 0 and result["peak_rss_mb"] > 0
+    assert result["checked_against_full_topk"] is True
+
+
+def test_bench_infer_masks_seen_candidates_like_the_fallback(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.inference", "--users", "200",
+                    "--candidates", "1500", "--dim", "8", "--batch_size", "64",
+                    "--score_chunk", "300", "--threads", "1", "--seen_per_user", "40",
+                    "--compare_seen", "--rounds", "1", "--check", "--json", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    result = json.loads(out.read_text())
+    assert 7000 < result["seen_pairs"] <= 8000  # 40 draws per user, a few repeats dropped
+    assert result["masked_equals_dropped"] is True and result["mask_speedup"] > 0
     assert result["checked_against_full_topk"] is True
 
 

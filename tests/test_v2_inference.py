@@ -3,6 +3,7 @@ directory, --exclude_seen against a reference, --official_result."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -118,13 +119,22 @@ def test_infer_writes_top_k_creative_ids_and_official_result(trained):
     assert isinstance(official["time"], int)
 
 
-def test_exclude_seen_removes_the_history(trained):
+@pytest.mark.parametrize("topk,path", [(3, "masked inside the top-k"),
+                                       (None, "dropping them after")])
+def test_exclude_seen_removes_the_history(trained, caplog, topk, path):
+    # a small k is masked inside the exact top-k; k = every candidate leaves some user fewer
+    # than k unseen ones, so the top k + extra is searched and the seen ones go last
     root, dirs, ckpt = trained
-    kept = run(root, dirs["public"], ckpt, "all", "--no-exclude_seen", "--topk", "8")
-    got = run(root, dirs["public"], ckpt, "new", "--topk", "3")
+    topk = topk or len(inference_v2.load_inference(dirs["public"]).cand_rows)
+    kept = run(root, dirs["public"], ckpt, "all", "--no-exclude_seen", "--topk", str(topk + 8))
+    with caplog.at_level(logging.INFO, logger="infer"):
+        got = run(root, dirs["public"], ckpt, f"new{topk}", "--topk", str(topk))
+    assert path in caplog.text
     history = {u.raw_user_id: {e[0] for e in u.events} for u in small_users()}
     for user, full, top in zip(kept["users"], kept["top10s"], got["top10s"]):
-        assert top == [c for c in full if c not in history[user]][:3]
+        seen_last = ([c for c in full if c not in history[user]]
+                     + [c for c in full if c in history[user]])
+        assert top == seen_last[:topk]
 
 
 # --------------------------------------------------------------------------- evaluation/seen.py

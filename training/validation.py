@@ -118,7 +118,7 @@ def final_test(model, data, split, args, device, amp_dtype, state, train: bool) 
     if train and state.best_path:
         best = best_checkpoint(Path(args.ckpt_dir), state)
         if best is not None:
-            dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best)["model"])
+            dist.unwrap(model).load_state_dict(ckpt.load_checkpoint(best, mmap=True)["model"])
     return {"valid": run_evaluation(model, data, split.valid, args, device, amp_dtype),
             "test": run_evaluation(model, data, split.test, args, device, amp_dtype)}
 
