@@ -25,6 +25,7 @@ import torch
 
 import infer
 from evaluation import seen as seen_filter
+from inputs.unique import sorted_unique
 from training.cli_types import device_name, positive_int
 from training.setup import resolve_device
 from similarity import DotSimilarity
@@ -85,7 +86,7 @@ def random_seen(users: int, candidates: int, per_user: int, seed: int) -> np.nda
     rng = np.random.default_rng(seed)
     keys = (np.repeat(np.arange(users, dtype=np.int64), per_user) * candidates
             + rng.integers(0, candidates, users * per_user))
-    keys = np.unique(keys)
+    keys = sorted_unique(keys)
     return np.stack([keys // candidates, keys % candidates], 1)
 
 
