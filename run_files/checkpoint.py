@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -188,8 +189,10 @@ def load_training_checkpoint(path: str | Path, map_location="cpu", mmap: bool = 
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """The saved dict; weights_only=True so a checkpoint cannot run code. mmap=True maps the
     file instead of reading it: a reader that takes only the weights never reads the
-    optimizer state (two thirds of the file under Adam) into memory."""
+    optimizer state (two thirds of the file under Adam) into memory. Files in torch's legacy
+    (non-zip) format cannot be mapped and are read whole."""
     path = resolve(path)
+    mmap = mmap and zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:

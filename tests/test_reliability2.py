@@ -310,6 +310,16 @@ def test_plain_state_dict_is_named_as_such(small_v1, tmp_path, monkeypatch, caps
                     "folder that main.py wrote"), line
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_mapped_read_names_a_plain_state_dict_in_either_format(tmp_path, zip_format):
+    # infer.py maps checkpoints (mmap); torch's legacy format cannot be mapped and is read whole
+    path = tmp_path / "model.pt"
+    torch.save({"item_emb.weight": torch.zeros(7, 16)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(checkpoint.CheckpointError, match="but a plain state_dict"):
+        checkpoint.load_training_checkpoint(path, mmap=True)
+
+
 # --------------------------------------------------------------------------- 8. seq.jsonl lines
 
 def test_one_user_on_two_lines_is_a_bad_record(small_v1):
