@@ -16,6 +16,7 @@ Takes explicit hyperparameters and tensors only; the device comes from the input
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 import torch
@@ -55,19 +56,51 @@ class ModelConfigError(ValueError):
     """Hyperparameters the model cannot be built with; the message names the flag to change."""
 
 
-def fast_keep_mask(shape: torch.Size, p: float, device) -> Tensor:
-    """Bool keep-mask with P(keep) = 1 - p, from 16 random bits per element.
+def fast_keep_mask(like: Tensor, p: float, scale: float = 1.0) -> Tensor:
+    """Dropout multiplier of like's shape and dtype: `scale` with P = 1 - p, else 0, from 16
+    random bits per element.
 
     torch's CPU dropout draws one random float per element (bernoulli_), which at SASRec's
     attention size takes ~40% of a training step; one 64-bit random word cut into four int16
     lanes and one integer compare give the same mask about 6x cheaper. p is resolved to 1/65536
-    (0.2 -> 0.199997), far below any effect on training.
+    (0.2 -> 0.199997), far below any effect on training. The compare writes like's dtype
+    directly: multiplying a float tensor by a bool mask converts the mask on the fly at about
+    4x the cost of a float product (and again in the backward). Drawn by the `taac::keep_mask`
+    op, which torch.compile keeps whole (see `_keep_mask_op`).
     """
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
-    lanes = words.view(torch.int16)[:n]
+    if torch.compiler.is_compiling():
+        return torch.ops.taac.keep_mask(like.detach(), p, scale)  # a constant of the graph
+    return _draw_keep_mask(like, p, scale)  # eager: without the op's dispatch (~0.2 ms a call)
+
+
+@torch.library.custom_op("taac::keep_mask", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def _keep_mask_op(like: Tensor, p: float, scale: float) -> Tensor:
+    """fast_keep_mask's draw as an opaque op, so that under torch.compile
+    - the graph does not break at every dropout (an in-place `random_` cannot be traced);
+    - the compiled step draws eager's masks, in eager's order, with eager's speed: inductor's
+      own random numbers (one scalar Philox per element on CPU) took longer than the step's
+      matrix products;
+    - inductor still fuses the mask's users (the multiply) into its kernels.
+    The mask is drawn for a tensor (`like`, only its shape, dtype and device are read) rather
+    than for a shape: graph passes merge calls with equal arguments (AOT autograd's CSE does
+    not know a custom op is random), and two dropouts never share their input tensor. The
+    seeded tag keeps the partitioner from recomputing (redrawing) the mask in the backward."""
+    return _draw_keep_mask(like, p, scale)
+
+
+def _draw_keep_mask(like: Tensor, p: float, scale: float) -> Tensor:
+    n = like.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-2**63, None)
+    lanes = words.view(torch.int16)[:n].view(like.shape)
     threshold = round(p * 65536) - 32768  # lanes in [-32768, threshold) are dropped
-    return (lanes >= threshold).view(shape)
+    mask = torch.ge(lanes, threshold, out=torch.empty_like(like, memory_format=torch.contiguous_format))
+    return mask if scale == 1.0 else mask.mul_(scale)
+
+
+@_keep_mask_op.register_fake
+def _(like: Tensor, p: float, scale: float) -> Tensor:
+    return torch.empty_like(like, memory_format=torch.contiguous_format)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -76,7 +109,20 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
-    return x * fast_keep_mask(x.shape, p, x.device) * (1.0 / (1.0 - p))
+    scale = 1.0 / (1.0 - p)
+    if _exact_in(scale, x.dtype):  # one multiply by a mask of `scale`s and 0s
+        return x * fast_keep_mask(x, p, scale)
+    return x * fast_keep_mask(x, p) * scale  # e.g. 1 / 0.9 in bf16: keep the scalar's precision
+
+
+def _exact_in(value: float, dtype: torch.dtype) -> bool:
+    """Whether `value` keeps its fp32 value in a tensor of `dtype` (a bf16 1.25 does, 1.111 does
+    not); fp32 tensors multiply by python scalars in fp32 anyway."""
+    if dtype in (torch.float32, torch.float64):
+        return True
+    if dtype == torch.bfloat16:  # bf16 is fp32's top 16 bits
+        return struct.unpack("<I", struct.pack("<f", value))[0] & 0xFFFF == 0
+    return False
 
 
 class Dropout(nn.Module):
@@ -135,7 +181,7 @@ class SplitAttention(torch.autograd.Function):
         for (start, end, keys), bias in zip(blocks, biases):
             w = torch.baddbmm(bias, q[:, start:end], k[:, :keys].transpose(1, 2), alpha=scale)
             torch.ops.aten._softmax.out(w, -1, False, out=w)  # in place: w is ours alone
-            wd = w * fast_keep_mask(w.shape, dropout_p, w.device) if dropout_p > 0.0 else w
+            wd = w * fast_keep_mask(w, dropout_p) if dropout_p > 0.0 else w
             out[:, start:end] = torch.bmm(wd, v[:, :keys])
             saved += [w, wd]
         if dropout_p > 0.0:
@@ -163,7 +209,8 @@ class SplitAttention(torch.autograd.Function):
             dk = _add_leading_rows(dk, torch.bmm(ds.transpose(1, 2), q[:, start:end])
                                    .mul_(ctx.scale))
         dq = dq[0] if len(dq) == 1 else torch.cat(dq, 1)
-        dk, dv = (F.pad(t, (0, 0, 0, k.shape[1] - t.shape[1])) for t in (dk, dv))
+        dk, dv = (t if t.shape[1] == k.shape[1] else F.pad(t, (0, 0, 0, k.shape[1] - t.shape[1]))
+                  for t in (dk, dv))  # F.pad copies even when there is nothing to pad
         return dq, dk, dv, None, None, None
 
 
@@ -183,7 +230,9 @@ def autograd_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p:
                        causal: bool) -> Tensor:
     """"fast"'s function op by op under autograd, the bias built per call (the implementation
     before `SplitAttention`): kept as --attention_impl autograd to measure the hand-written
-    backward against. q, k, v (B, H, L, d), mask (B, 1, L, L) bool -> (B, H, L, d)."""
+    backward against, and the CPU path under torch.compile, where inductor fuses the bias,
+    softmax and dropout passes that `SplitAttention` would hide from it.
+    q, k, v (B, H, L, d), mask (B, 1, L, L) bool -> (B, H, L, d)."""
     b, h, nq, d = q.shape
     nk = k.shape[2]
     q, k, v = (t.reshape(b * h, t.shape[2], d) for t in (q, k, v))
@@ -195,7 +244,7 @@ def autograd_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p:
                                k[:, :keys].transpose(1, 2), alpha=d ** -0.5)
         weights = scores.softmax(-1)
         if dropout_p > 0.0:
-            weights = weights * fast_keep_mask(weights.shape, dropout_p, weights.device)
+            weights = weights * fast_keep_mask(weights, dropout_p)
         outs.append(torch.bmm(weights, v[:, :keys]))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     if dropout_p > 0.0:
@@ -218,7 +267,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     """
     if impl == "sdpa" or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    if impl == "autograd":
+    if impl == "autograd" or torch.compiler.is_compiling():
         return autograd_attention(q, k, v, mask, dropout_p, causal)
     b, h, nq, d = q.shape
     nk = k.shape[2]
@@ -473,7 +522,14 @@ class BaseModel(nn.Module):
         x = self.features.tokens(seq, token_type, item_part) * (self.hidden ** 0.5)
         nonpad = seq != 0
         x = self.emb_dropout(x + self.pos_emb(self._position_ids(nonpad)))
-        mask = self._attention_mask(nonpad)
+        return self.encode(x, self._attention_mask(nonpad), last_only)
+
+    def encode(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """The self-attention blocks and the last LayerNorm: tokens (B, L, D), mask (B, 1, L, L)
+        -> (B, L, D), or (B, 1, D) with last_only. The part --compile compiles
+        (training.setup.compile_model): all of the step's (B, L, L) work and most of its
+        elementwise passes, and none of the embedding lookups, whose backward inductor's CPU
+        code runs as a scatter several times slower than eager's."""
         cache: dict = {}  # the mask's additive biases, built by the first block, used by all
         blocks = list(zip(self.attention_layernorms, self.attention_layers,
                           self.forward_layernorms, self.forward_layers))

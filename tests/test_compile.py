@@ -1,7 +1,8 @@
 """--compile: the compiled model computes the eager model's loss and gradients on a tiny model.
 
-torch.compile traces the model (dynamo), our hand-written attention backward included, and
-differentiates the graph (AOT autograd). The suite runs that with the "aot_eager" backend (the
+torch.compile traces the self-attention blocks (dynamo), the dropout masks as the opaque
+`taac::keep_mask` op, and differentiates the graph (AOT autograd). Equal losses with dropout on
+also show that every dropout drew its own mask (graph passes once merged equal-looking draws). The suite runs that with the "aot_eager" backend (the
 same trace, no C++ code generation: seconds); TAAC_TEST_INDUCTOR=1 uses inductor, main.py's
 backend, which compiles C++ on CPU (minutes on a busy 2-core machine, so opt-in), and is skipped
 cleanly where inductor cannot compile (no C++ compiler)."""
@@ -12,6 +13,7 @@ import shutil
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import bench
 from training import flags, setup, step
@@ -49,7 +51,10 @@ def test_compiled_model_has_the_eager_loss_and_gradients(impl, dropout, monkeypa
         monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch._dynamo.reset()
     eager_loss, eager_grads = _loss_and_grads(False, impl, dropout)
+    counters.clear()
     loss, grads = _loss_and_grads(True, impl, dropout)
+    # one graph: a break (the dropout draw once broke it at every dropout) runs the rest eagerly
+    assert not counters["graph_break"], dict(counters["graph_break"])
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == eager_grads.keys() and len(grads) > 5
     for name, grad in grads.items():

@@ -38,7 +38,7 @@ def _same_keep_masks(shape, blocks, p, seed):
     keeps = torch.zeros(b, h, n, n)
     for start, end, keys in blocks:
         keeps[:, :, start:end, :keys] = fast_keep_mask(
-            torch.Size([b * h, end - start, keys]), p, "cpu").view(b, h, end - start, keys)
+            torch.empty(b * h, end - start, keys), p).view(b, h, end - start, keys)
     return keeps
 
 

@@ -79,19 +79,25 @@ def test_causal_fast_attention_has_the_plain_gradients():
 def test_keep_mask_rate_is_one_minus_p(p):
     torch.manual_seed(0)
     n = 4_000_000
-    keep = fast_keep_mask(torch.Size([n]), p, "cpu")
-    assert keep.dtype == torch.bool and keep.shape == (n,)
+    keep = fast_keep_mask(torch.empty(n), p)
+    assert keep.dtype == torch.float32 and keep.shape == (n,)
+    assert set(keep.unique().tolist()) == {0.0, 1.0}
     sigma = math.sqrt(p * (1 - p) / n)
     # p is resolved to 1/65536, far below 5 sigma here
     assert abs(keep.float().mean().item() - (1 - p)) < 5 * sigma + 1 / 65536
-    odd = fast_keep_mask(torch.Size([3, 1001]), p, "cpu")  # element count not a multiple of 4
+    odd = fast_keep_mask(torch.empty(3, 1001), p)  # element count not a multiple of 4
     assert odd.shape == (3, 1001)
+    scaled = fast_keep_mask(torch.empty(1000, dtype=torch.bfloat16), p, 2.0)  # the like's dtype
+    assert scaled.dtype == torch.bfloat16 and set(scaled.unique().tolist()) == {0.0, 2.0}
 
 
-@pytest.mark.parametrize("p", [0.2, 0.5])
-def test_dropout_scales_kept_values_exactly_and_zeroes_dropped(p):
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_scales_kept_values_exactly_and_zeroes_dropped(p, dtype):
+    """In bf16 too: 1 / (1 - p) = 1.25 is exact there and rides in the mask; 1 / 0.9 is not,
+    and is applied as a python scalar (computed in fp32), as x * scale would be."""
     torch.manual_seed(1)
-    x = torch.rand(100_003) + 0.5  # no zeros, so a zero output means dropped
+    x = (torch.rand(100_003) + 0.5).to(dtype)  # no zeros, so a zero output means dropped
     y = dropout(x, p, training=True)
     kept = y != 0
     assert torch.equal(y[kept], x[kept] * (1.0 / (1.0 - p)))

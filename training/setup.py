@@ -132,10 +132,12 @@ def build_model(args, schema: dict, tables: dict[str, torch.Tensor], itemnum: in
 
 
 def compile_model(model: BaseModel, backend: str = "inductor") -> BaseModel:
-    """Compiles the model's __call__ in place (nn.Module.compile): parameters, state_dict keys
-    and checkpoints stay those of the eager model. The shapes vary only with the last, partial
-    batch of an epoch: one recompilation, then both shapes are cached."""
-    model.compile(backend=backend)
+    """Compiles the model's self-attention blocks (`BaseModel.encode`) in place: parameters,
+    state_dict keys and checkpoints stay those of the eager model. Not the whole forward: the
+    embedding lookups' backward, compiled, ran several times slower on CPU (docs/speed.md
+    section 3). The shapes vary only with the last, partial batch of an epoch: one
+    recompilation, then both shapes are cached."""
+    model.encode = torch.compile(model.encode, backend=backend)
     return model
 
 
