@@ -12,12 +12,12 @@ import json
 import statistics
 from pathlib import Path
 
-import ablation
+from studies import folder
 
 KEY = "valid_NDCG@10"
 
 
-def run_history(run: ablation.Run) -> list[dict]:
+def run_history(run: folder.Run) -> list[dict]:
     """The run's per-epoch history ([] when it has not validated yet)."""
     if run.finished():
         return json.loads(run.metrics_path.read_text()).get("history", [])
@@ -31,14 +31,14 @@ def run_history(run: ablation.Run) -> list[dict]:
 
 def curves(study_dir: Path) -> dict[str, dict]:
     """config -> {"epochs": [...], "mean": [...], "std": [...], "seeds": n} (std nan below 2)."""
-    study = ablation.load_study(study_dir)
+    study = folder.load_study(study_dir)
     if study is None:
         raise SystemExit(f"error: {study_dir}: no study.json (not an ablation.py folder)")
     out = {}
     for config in study["configs"]:
         by_epoch: dict[int, list[float]] = {}
         seeds = 0
-        for run in ablation.plan_runs(study_dir, [config], study["seeds"]):
+        for run in folder.plan_runs(study_dir, [config], study["seeds"]):
             points = [(h["epoch"], h[KEY]) for h in run_history(run) if KEY in h]
             seeds += bool(points)
             for epoch, value in points:

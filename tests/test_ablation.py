@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 import ablation
+from studies import configs, folder, jobs, report
 import plot_curves
 
 CONFIGS = ["baseline", "adaptive_smart_curriculum"]
@@ -35,12 +36,12 @@ def study(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def run_metrics(out: Path, config: str) -> list[dict]:
-    return [json.loads((ablation.run_dir(out, config, s) / "log" / "metrics.json").read_text())
+    return [json.loads((folder.run_dir(out, config, s) / "log" / "metrics.json").read_text())
             for s in range(SEEDS)]
 
 
 def attempts(out: Path, config: str, seed: int) -> int:
-    path = ablation.run_dir(out, config, seed) / "run.json"
+    path = folder.run_dir(out, config, seed) / "run.json"
     return len(json.loads(path.read_text())["attempts"])
 
 
@@ -63,7 +64,7 @@ def test_results_are_mean_and_std_of_the_runs(study):
     delta = float(other["NDCG@10_mean"]) - float(base["NDCG@10_mean"])
     assert float(other["delta_NDCG@10"]) == pytest.approx(delta)
     bound = 2 * max(float(other["NDCG@10_std"]), float(base["NDCG@10_std"]))
-    expected = ablation.VERDICT_NONE if abs(delta) <= bound else ("better" if delta > 0 else "worse")
+    expected = configs.VERDICT_NONE if abs(delta) <= bound else ("better" if delta > 0 else "worse")
     assert other["verdict_NDCG@10"].startswith(expected)
     assert base["verdict_NDCG@10"] == "reference"
 
@@ -71,7 +72,7 @@ def test_results_are_mean_and_std_of_the_runs(study):
     for config in CONFIGS:
         assert f"| {config} | {SEEDS}/{SEEDS} |" in md
     assert f"{statistics.fmean(m['test']['NDCG@10'] for m in run_metrics(out, 'baseline')):.4f}" in md
-    assert ablation.VERDICT_NONE in md and "budget:" in md
+    assert configs.VERDICT_NONE in md and "budget:" in md
     assert not (out / "hparams").exists()  # each run carries its own HParams entry instead
     for config in CONFIGS:
         for seed in range(SEEDS):
@@ -86,7 +87,7 @@ def test_each_run_got_its_own_folders_and_flags(study):
     out, _ = study
     for config in CONFIGS:
         for seed in range(SEEDS):
-            args = json.loads((ablation.run_dir(out, config, seed) / "log" / "args.json").read_text())
+            args = json.loads((folder.run_dir(out, config, seed) / "log" / "args.json").read_text())
             assert args["seed"] == seed and args["eval_protocol"] == "leave_one_out"
             assert args["cache_dir"] == str(out / "cache") and args["maxlen"] == 10
             assert args["use_smart_sampling"] == args["use_adaptive_similarity"] == (config != "baseline")
@@ -133,13 +134,13 @@ def test_an_interrupted_run_resumes(study, tmp_path):
     """Checkpoints but no metrics.json: the run is started again with --resume (main.py's
     resume itself is tested with main.py; a subprocess here would cost seconds)."""
     out, _ = study
-    done = ablation.Run("baseline", 0, ablation.run_dir(out, "baseline", 0))
-    fresh = ablation.Run("baseline", 5, tmp_path / "fresh")
+    done = folder.Run("baseline", 0, folder.run_dir(out, "baseline", 0))
+    fresh = folder.Run("baseline", 5, tmp_path / "fresh")
     args = ablation.parse_args(study_argv(out))
-    assert ablation.has_checkpoint(done) and not ablation.has_checkpoint(fresh)
-    cmd = ablation.run_command(done, args, resume=ablation.has_checkpoint(done))
+    assert jobs.has_checkpoint(done) and not jobs.has_checkpoint(fresh)
+    cmd = jobs.run_command(done, args, resume=jobs.has_checkpoint(done))
     assert cmd[-1] == "--resume" and cmd[cmd.index("--seed") + 1] == "0"
-    assert "--resume" not in ablation.run_command(fresh, args, resume=False)
+    assert "--resume" not in jobs.run_command(fresh, args, resume=False)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -166,7 +167,7 @@ def test_verdict_wording():
              "HR@10_mean": 0.25, "HR@10_std": 0.01},
             {"config": "y", "seeds_finished": 1, "NDCG@10_mean": 0.5, "NDCG@10_std": math.nan,
              "HR@10_mean": 0.5, "HR@10_std": math.nan}]
-    ablation.add_comparison(rows)
+    report.add_comparison(rows)
     assert rows[1]["verdict_NDCG@10"] == "no measurable difference"  # 0.015 <= 2 * 0.01
     assert rows[1]["verdict_HR@10"] == "better (> 2 std)"  # 0.05 > 2 * 0.01
     assert rows[1]["delta_HR@10"] == pytest.approx(0.05)

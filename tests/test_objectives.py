@@ -251,15 +251,16 @@ def test_checkpoint_records_the_objective_and_inference_rebuilds_it(tmp_path, de
 
 def test_ablation_objective_configs_parse_and_bce_is_their_reference():
     import ablation
+    from studies import configs, report
     fix = ["--maxlen", "200", "--hidden_units", "64", "--num_blocks", "2", "--dropout_rate", "0.1",
            "--no-dnn_relu", "--norm_first", "--feature_fusion", "sum", "--init", "normal",
            "--positions", "from_start", "--adam_betas", "0.9", "0.999"]
-    ablation.check_train_flags(fix, list(ablation.OBJECTIVE_CONFIGS))  # raises on a bad config
-    assert ablation.parse_args(["--out", "x"]).configs == ablation.PLAN_CONFIGS
+    configs.check_train_flags(fix, list(configs.OBJECTIVE_CONFIGS))  # raises on a bad config
+    assert ablation.parse_args(["--out", "x"]).configs == configs.PLAN_CONFIGS
     row = lambda name, ndcg: {"config": name, "seeds_finished": 3, "NDCG@10_mean": ndcg,  # noqa: E731
                               "NDCG@10_std": 0.002, "HR@10_mean": 0.3, "HR@10_std": 0.002}
     rows = [row("bce", 0.13), row("full_softmax", 0.18)]
-    ablation.add_comparison(rows)
+    report.add_comparison(rows)
     assert rows[0]["verdict_NDCG@10"] == "reference"
     assert rows[1]["verdict_NDCG@10"] == "better (> 2 std)"
     assert rows[1]["delta_NDCG@10"] == pytest.approx(0.05)
