@@ -65,28 +65,12 @@ def fast_keep_mask(like: Tensor, p: float, scale: float = 1.0) -> Tensor:
     lanes and one integer compare give the same mask about 6x cheaper. p is resolved to 1/65536
     (0.2 -> 0.199997), far below any effect on training. The compare writes like's dtype
     directly: multiplying a float tensor by a bool mask converts the mask on the fly at about
-    4x the cost of a float product (and again in the backward). Drawn by the `taac::keep_mask`
-    op, which torch.compile keeps whole (see `_keep_mask_op`).
+    4x the cost of a float product (and again in the backward). Under torch.compile it is drawn
+    by the `taac::keep_mask` op (see `_register_keep_mask_op`).
     """
-    if torch.compiler.is_compiling():
-        return torch.ops.taac.keep_mask(like.detach(), p, scale)  # a constant of the graph
+    if KEEP_MASK_OP is not None and _is_compiling():
+        return KEEP_MASK_OP(like.detach(), p, scale)  # a constant of the graph
     return _draw_keep_mask(like, p, scale)  # eager: without the op's dispatch (~0.2 ms a call)
-
-
-@torch.library.custom_op("taac::keep_mask", mutates_args=(),
-                         tags=(torch.Tag.nondeterministic_seeded,))
-def _keep_mask_op(like: Tensor, p: float, scale: float) -> Tensor:
-    """fast_keep_mask's draw as an opaque op, so that under torch.compile
-    - the graph does not break at every dropout (an in-place `random_` cannot be traced);
-    - the compiled step draws eager's masks, in eager's order, with eager's speed: inductor's
-      own random numbers (one scalar Philox per element on CPU) took longer than the step's
-      matrix products;
-    - inductor still fuses the mask's users (the multiply) into its kernels.
-    The mask is drawn for a tensor (`like`, only its shape, dtype and device are read) rather
-    than for a shape: graph passes merge calls with equal arguments (AOT autograd's CSE does
-    not know a custom op is random), and two dropouts never share their input tensor. The
-    seeded tag keeps the partitioner from recomputing (redrawing) the mask in the backward."""
-    return _draw_keep_mask(like, p, scale)
 
 
 def _draw_keep_mask(like: Tensor, p: float, scale: float) -> Tensor:
@@ -98,9 +82,31 @@ def _draw_keep_mask(like: Tensor, p: float, scale: float) -> Tensor:
     return mask if scale == 1.0 else mask.mul_(scale)
 
 
-@_keep_mask_op.register_fake
-def _(like: Tensor, p: float, scale: float) -> Tensor:
-    return torch.empty_like(like, memory_format=torch.contiguous_format)
+def _register_keep_mask_op():
+    """fast_keep_mask's draw as an opaque op for torch.compile, so that
+    - the graph does not break at every dropout (an in-place `random_` cannot be traced);
+    - the compiled step draws eager's masks, in eager's order, with eager's speed: inductor's
+      own random numbers (one scalar Philox per element on CPU) took longer than the step's
+      matrix products;
+    - inductor still fuses the mask's users (the multiply) into its kernels.
+    The mask is drawn for a tensor (`like`, only its shape, dtype and device are read) rather
+    than for a shape: graph passes merge calls with equal arguments (AOT autograd's CSE does
+    not know a custom op is random), and two dropouts never share their input tensor. The
+    seeded tag keeps the partitioner from recomputing (redrawing) the mask in the backward.
+    None where this torch cannot tag a custom op (older releases): a compiled step then draws
+    the masks eagerly between graph pieces, correct but broken at every dropout."""
+    try:
+        op = torch.library.custom_op("taac::keep_mask", mutates_args=(),
+                                     tags=(torch.Tag.nondeterministic_seeded,))(_draw_keep_mask)
+    except (AttributeError, TypeError):  # no custom_op, or no tags= yet
+        return None
+    op.register_fake(lambda like, p, scale: torch.empty_like(
+        like, memory_format=torch.contiguous_format))
+    return op
+
+
+KEEP_MASK_OP = _register_keep_mask_op()
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -267,7 +273,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float,
     """
     if impl == "sdpa" or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    if impl == "autograd" or torch.compiler.is_compiling():
+    if impl == "autograd" or _is_compiling():
         return autograd_attention(q, k, v, mask, dropout_p, causal)
     b, h, nq, d = q.shape
     nk = k.shape[2]

@@ -59,3 +59,19 @@ def test_compiled_model_has_the_eager_loss_and_gradients(impl, dropout, monkeypa
     assert grads.keys() == eager_grads.keys() and len(grads) > 5
     for name, grad in grads.items():
         torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_without_the_mask_op_compile_still_has_the_eager_loss(monkeypatch):
+    """A torch too old to tag a custom op gets no `taac::keep_mask`: the compiled step then draws
+    the masks eagerly between graph pieces, and still computes eager's loss and gradients."""
+    import model
+    monkeypatch.setattr(model, "KEEP_MASK_OP", None)
+    torch._dynamo.reset()
+    eager_loss, eager_grads = _loss_and_grads(False, "fast", "0.2")
+    counters.clear()
+    loss, grads = _loss_and_grads(True, "fast", "0.2")
+    assert counters["graph_break"]  # the draw's in-place random_ breaks the graph
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    torch._dynamo.reset()
