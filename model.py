@@ -74,6 +74,7 @@ def fast_keep_mask(like: Tensor, p: float, scale: float = 1.0) -> Tensor:
 
 
 def _draw_keep_mask(like: Tensor, p: float, scale: float) -> Tensor:
+    """fast_keep_mask's draw itself (eager, and the body of the op)."""
     n = like.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-2**63, None)
     lanes = words.view(torch.int16)[:n].view(like.shape)
