@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from model import BaseModel, score_blocks
+from kernels.attention import score_blocks
+from model import BaseModel
 
 PEAK_SIZE = 2048  # square matmul that measures the machine's peak (CPU: ~0.1-0.5 s)
 
@@ -31,7 +32,7 @@ def step_flops(model: BaseModel, batch_size: int, seq_len: int, mm_rows: int | N
     - per block: q, k, v, out projections and the two FFN layers (6 x 2 B L D^2), QK^T and AV
       over the score entries computed (2 x 2 B S D): S = L^2 for sdpa (padding and the causal
       upper half are computed, then masked), S = L^2 less the top-right (L/2)^2 quarter for the
-      fast CPU path, which skips it (see model.attention);
+      fast CPU path, which skips it (see kernels.attention.attention);
     - logits: the dot similarity of pos and neg (2 x 2 B L D).
     Not counted: embedding gathers, LayerNorm, softmax, dropout, the loss, the optimizer, and
     the extra terms of a non-dot (adaptive) similarity.

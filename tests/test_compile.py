@@ -64,8 +64,8 @@ def test_compiled_model_has_the_eager_loss_and_gradients(impl, dropout, monkeypa
 def test_without_the_mask_op_compile_still_has_the_eager_loss(monkeypatch):
     """A torch too old to tag a custom op gets no `taac::keep_mask`: the compiled step then draws
     the masks eagerly between graph pieces, and still computes eager's loss and gradients."""
-    import model
-    monkeypatch.setattr(model, "KEEP_MASK_OP", None)
+    from kernels import dropout
+    monkeypatch.setattr(dropout, "KEEP_MASK_OP", None)
     torch._dynamo.reset()
     eager_loss, eager_grads = _loss_and_grads(False, "fast", "0.2")
     counters.clear()

@@ -1,4 +1,4 @@
-"""model.SplitAttention (the "fast" CPU attention with its hand-written backward) against the
+"""kernels.attention.SplitAttention (the "fast" CPU attention with its hand-written backward) against the
 plain full-matrix softmax under autograd: outputs and gradients of q, k, v without dropout, and
 with dropout under the very same keep masks (so kept fraction and 1 / (1 - p) scale are checked
 element by element); the per-batch bias cache; bf16 close to fp32."""
@@ -9,7 +9,9 @@ import math
 import pytest
 import torch
 
-from model import BaseModel, attention, fast_keep_mask, score_blocks
+from kernels.attention import attention, score_blocks
+from kernels.dropout import fast_keep_mask
+from model import BaseModel
 
 
 def _inputs(b=3, h=2, n=9, d=8, seed=0, dtype=torch.float32):

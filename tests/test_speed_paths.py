@@ -25,7 +25,9 @@ import gpu_check
 from training import flags as train_flags, optim, setup, step as train_step
 from inputs.batching import TrainBatches
 from dataset import load_dataset
-from model import ATTENTION_IMPLS, BaseModel, attention, dropout, fast_keep_mask
+from kernels.attention import attention
+from kernels.dropout import dropout, fast_keep_mask
+from model import ATTENTION_IMPLS, BaseModel
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
 
