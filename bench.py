@@ -46,7 +46,7 @@ import torch
 
 from benchmarks import peers as bench_peers
 from benchmarks.cases import PRECISION_NAMES, Case, case_grid, loss_case, run_cases
-from benchmarks.flops import PEAK_SIZE, PEAK_SIZE_CUDA, PeakMeter, matmul_seconds, peak_size
+from benchmarks.flops import PEAK_SIZE, PEAK_SIZE_CUDA, PeakMeter, peak_size, profile_step
 from benchmarks.input_speed import input_throughput, report_inputs
 from benchmarks.report import ratios, report, report_extras
 from objectives import objective
@@ -249,7 +249,7 @@ def measure(args, device: torch.device, datasets: dict, inputs: dict[int, float]
     first = cases[0]
     evaluation = first.evaluate() if args.eval else {}
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiler
-    summaries = [c.summary(meters[c.args.amp].gflops, matmul_seconds(c)) for c in cases]
+    summaries = [c.summary(meters[c.args.amp].gflops, profile_step(c)) for c in cases]
     result = {**summaries[0], **evaluation,
               "peak_gflops_by_precision": {PRECISION_NAMES[a]: m.gflops for a, m in meters.items()},
               "peak_rss_mb": peak_rss_mb,

@@ -75,7 +75,7 @@ def run_precision(label: str, args, data, split, device: torch.device) -> dict:
               else float("nan"))  # read before the peak's matrices are allocated
     peak = flops.matmul_peak(device, train_flags.AMP_DTYPES[a.amp] or torch.float32, 10,
                              args.peak_size or flops.peak_size(device))
-    summary = case.summary(peak, flops.matmul_seconds(case))
+    summary = case.summary(peak, flops.profile_step(case))
     metrics = evaluation["eval_metrics"]
     return {
         "train_seq_per_s": summary["train_seq_per_s"], "step_ms_median": summary["step_ms_median"],

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from inputs.host_tables import HostTables, ItemMM
 from kernels.attention import attention
 from kernels.dropout import Dropout
+from kernels.embedding import gather_rows
+from kernels.layer_norm import LayerNorm
 from similarity import DotSimilarity
 
 TOKEN_ITEM, TOKEN_PROFILE = 1, 2
@@ -178,7 +180,7 @@ class FeatureEmbedder(nn.Module):
         out = []
         for fid, r in zip(self.schema["mm_dims"], rows):
             linear = self.emb_transform[fid]
-            out.append(F.embedding(inverse, linear(r.to(linear.weight.dtype))))
+            out.append(gather_rows(linear(r.to(linear.weight.dtype)), inverse))
         return out
 
     def items(self, ids: Tensor, item_mm: ItemMM | None = None) -> Tensor:
@@ -249,12 +251,12 @@ class BaseModel(nn.Module):
         self.forward_layernorms = nn.ModuleList()
         self.forward_layers = nn.ModuleList()
         for _ in range(num_blocks):
-            self.attention_layernorms.append(nn.LayerNorm(hidden_units, eps=1e-8))
+            self.attention_layernorms.append(LayerNorm(hidden_units, eps=1e-8))
             self.attention_layers.append(
                 MultiHeadAttention(hidden_units, num_heads, dropout_rate, attention_impl))
-            self.forward_layernorms.append(nn.LayerNorm(hidden_units, eps=1e-8))
+            self.forward_layernorms.append(LayerNorm(hidden_units, eps=1e-8))
             self.forward_layers.append(PointWiseFeedForward(hidden_units, dropout_rate))
-        self.last_layernorm = nn.LayerNorm(hidden_units, eps=1e-8)
+        self.last_layernorm = LayerNorm(hidden_units, eps=1e-8)
         self.output_emb = None if output_embedding == "tied" else nn.Embedding(
             itemnum + 1, hidden_units, padding_idx=0, sparse=sparse_embeddings)
         self._init_weights(init)
@@ -383,7 +385,7 @@ class BaseModel(nn.Module):
         num_rows = self.features.item_sparse.shape[0]
         every = self.features.host_mm.gather(np.arange(num_rows), ids.device)  # host ids: no sync
         table = self.features.items(torch.arange(num_rows, device=ids.device), every)
-        return F.embedding(ids, table)
+        return gather_rows(table, ids)
 
     def _whole_catalogue(self, lookups: int) -> bool:
         # with sparse embeddings a whole-catalogue pass would densify the gradient

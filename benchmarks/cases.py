@@ -11,7 +11,7 @@ from itertools import product
 import numpy as np
 import torch
 
-from benchmarks.flops import _sync, step_flops
+from benchmarks.flops import StepProfile, _sync, step_flops
 from dataset import Dataset
 from evaluation.evaluate import evaluate
 from inputs.batching import Queries, TrainBatches, leave_one_out_split
@@ -118,13 +118,13 @@ class Case:
         torch.cuda.reset_peak_memory_stats(self.device)
         return peak
 
-    def summary(self, peak_gflops: float, matmul: tuple[float, float]) -> dict:
+    def summary(self, peak_gflops: float, profiled: StepProfile) -> dict:
         """Medians over the recorded steps; a rate is median(work per step) / median(step time),
         so it agrees with the step time shown next to it (an epoch's last, partial batch does
         not move either median)."""
         r = {k: np.array([s[k] for s in self.records], dtype=np.float64) for k in self.records[0]}
         med = lambda x: float(np.median(x))  # noqa: E731
-        matmul_s, step_to_matmul = matmul
+        matmul_s = profiled.matmul_s
         outside = r["assembly"] + r["sampling"] + r["h2d"]
         achieved = med(r["flops"]) / med(r["total"]) / 1e9
         return {
@@ -143,7 +143,9 @@ class Case:
             "mfu_ceiling": med(r["flops"]) / matmul_s / 1e9 / peak_gflops,
             "device_peak_mb": (float(np.max(r["device_peak_mb"])) if self.device.type == "cuda"
                                else None),
-            "model_to_matmul": step_to_matmul,
+            "model_to_matmul": profiled.model_to_matmul,
+            "floor_ms_per_step": 1e3 * profiled.floor_s,
+            "floor_to_matmul": profiled.floor_to_matmul,
             "loss_first": self.losses[0], "loss_last": self.losses[-1],
             "loss_finite": bool(np.isfinite(self.losses).all()),
         }

@@ -37,7 +37,7 @@ def report(summaries: list[dict], extra: dict) -> str:
             ("targets/s", "target_tokens_per_s", "{:,.0f}"),
             ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
             ("matmul ms", "matmul_ms_per_step", "{:.1f}"), ("MFU ceil", "mfu_ceiling", "{:.1%}"),
-            ("model/mm", "model_to_matmul", "{:.2f}"),
+            ("model/mm", "model_to_matmul", "{:.2f}"), ("floor/mm", "floor_to_matmul", "{:.2f}"),
             ("outside", "outside_model_share", "{:.1%}"),
             ("in wait", "input_wait_share", "{:.1%}")]
     width = max(len(s["label"]) for s in summaries) + 2

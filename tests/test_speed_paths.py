@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -400,6 +401,31 @@ def test_step_flops_matches_torch_flop_counter(demo_data, extra):
 
 # --------------------------------------------------------------------------- the tools
 
+class _ProfiledOps:
+    """A stand-in for benchmarks.cases.Case whose step is a known set of ops."""
+    device = torch.device("cpu")
+
+    def __init__(self, layer_norm: bool):
+        self.layer_norm = layer_norm
+        self.x, self.w = torch.randn(512, 64), torch.randn(64, 64)
+
+    def step(self) -> dict:
+        start = time.perf_counter()
+        y = self.x @ self.w
+        if self.layer_norm:
+            torch.nn.functional.layer_norm(y, (64,))
+        y.mul(2).add(1)  # elementwise work: in the step, not in the floor
+        return {"model": time.perf_counter() - start}
+
+
+def test_profile_step_counts_only_the_floor_ops_in_the_floor():
+    with_norm = flops.profile_step(_ProfiledOps(layer_norm=True), steps=2)
+    without = flops.profile_step(_ProfiledOps(layer_norm=False), steps=2)
+    assert with_norm.matmul_s > 0 and with_norm.floor_s > 0
+    assert without.floor_s == 0 and without.floor_to_matmul == 1.0
+    assert 1 < with_norm.floor_to_matmul < with_norm.model_to_matmul
+
+
 def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
     out = tmp_path / "bench.json"
     result = bench.bench(["--demo", "--cache_dir", str(demo_cache), "--demo_users", "300",
@@ -418,6 +444,9 @@ def test_bench_runs_on_demo_and_synthetic_data(demo_cache, tmp_path):
     assert 0 < result["matmul_ms_per_step"] < result["step_ms_median"]
     assert result["mfu"] < result["mfu_ceiling"]
     assert all(c["model_to_matmul"] > 1 for c in result["cases"])
+    # the floor is part of the step: above the matrix products alone, below the whole step
+    assert all(0 < c["floor_ms_per_step"] < c["model_ms_median"] for c in result["cases"])
+    assert all(1 < c["floor_to_matmul"] < c["model_to_matmul"] for c in result["cases"])
     assert result["config"]["maxlen"] == 10 and result["config"]["num_heads"] == 1  # paper default
     assert len(result["cases"]) == len(ATTENTION_IMPLS) and out.is_file()
     assert any(k.startswith("speedup attn=fast vs attn=sdpa") for k in result["ratios"])
