@@ -156,3 +156,32 @@ def test_checkpoint_args_from_before_the_block_flag_give_their_block():
     """Older config.json args have norm_first and no block: the model they describe is kept."""
     for norm_first, block in ((False, "post_ln"), (True, "pre_ln")):
         assert train_flags.block_of(argparse.Namespace(norm_first=norm_first)) == block
+
+
+def test_dense_adam_is_torchs_fused_adam_with_the_op_by_op_update():
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(7, 5))
+    b.data.copy_(a.data)
+    fused = optim.dense_adam([a], 1e-2, (0.9, 0.98))
+    plain = torch.optim.Adam([b], lr=1e-2, betas=(0.9, 0.98), foreach=False)
+    assert fused.defaults["fused"]  # this torch (CI's 2.13) has the CPU kernel
+    for _ in range(5):
+        grad = torch.randn(7, 5)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        fused.step()
+        plain.step()
+    torch.testing.assert_close(a.data, b.data, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(a.data, torch.zeros(7, 5))
+
+
+def test_dense_adam_falls_back_where_torch_has_no_fused_kernel(monkeypatch):
+    real = torch.optim.Adam
+
+    def no_fused(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be ... supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt = optim.dense_adam([torch.nn.Parameter(torch.randn(3))], 1e-3, (0.9, 0.98))
+    assert isinstance(opt, real) and not opt.defaults["fused"]

