@@ -27,7 +27,11 @@ step's matrix products alone take (torch.profiler over a few extra steps) / the 
 step would reach if everything else in it (softmax, masks, dropout, LayerNorm, gathers, the
 optimizer) took no time, i.e. what small-matrix efficiency alone allows. "model/mm" is the
 forward + backward + optimizer time over the matrix-product time of the same profiled steps
-(model_to_matmul: 1.0 would be a step that is all matrix products). With several configurations (--compare_*, several --synthetic_items) each has its
+(model_to_matmul: 1.0 would be a step that is all matrix products). "floor/mm"
+(floor_to_matmul) adds to the matrix products only the work torch does in one kernel each and no
+rearrangement of torch ops removes (random bits, LayerNorm, softmax, embedding backward:
+benchmarks/flops.py FLOOR_OPS; floor_ms_per_step): a lower bound on model/mm for a step built from
+torch's kernels. With several configurations (--compare_*, several --synthetic_items) each has its
 own model and they take turns step by step (A B A B ...), so a load change on a shared machine
 hits all of them alike and their ratios stay meaningful. The evaluation (all leave-one-out test
 users, full ranking) is timed once, for the first configuration.
