@@ -32,6 +32,8 @@ OBJECTIVE_CONFIGS: dict[str, list[str]] = {
     "ss_popular1024_nologq": SS1024 + POPULAR + ["--no-logq_correction"],
     "ss_uniform1024_mask_history": SS1024 + ["--negatives", "uniform", "--mask_history"],
     "full_softmax_mask_history": ["--loss", "full_softmax", "--mask_history"],
+    "full_softmax_mask_history_cosine_tau": ["--loss", "full_softmax", "--mask_history"]
+                                            + COSINE_TAU,
 }
 # name -> the main.py flags that make the configuration; feeds --configs choices=. Everything not
 # named here keeps main.py's default (popular_ratio 0.3, popularity_factor 0.75, ...), so e.g.
