@@ -394,14 +394,18 @@ class BaseModel(nn.Module):
     def host_item_mm(self, batch: dict[str, np.ndarray], pin: bool = False) -> ItemMM | None:
         """The `item_mm` forward needs, gathered on the host from the batch's numpy arrays (CPU
         tensors, page-locked when `pin`; host_tables.move_item_mm sends them to the device):
-        the rows of every item id the batch holds (inputs, pos, neg and shared candidates,
-        whichever it has), so it serves whichever of them the loss looks up. None when there is
-        no multimodal table or forward does not need it (the whole-catalogue path gathers every
-        row itself). Runs in the input workers, ahead of the step."""
+        the rows of every item id forward looks up through the item features: the inputs, pos,
+        neg and shared candidates (whichever the batch has), or with a separate output
+        embedding the inputs alone. None when there is no multimodal table or forward does not
+        need it (the whole-catalogue path gathers every row itself). Runs in the input workers,
+        ahead of the step."""
         if not len(self.features.host_mm):
             return None
-        ids = item_lookup_ids(batch["seq"], batch["token_type"], batch["pos"], batch.get("neg"),
-                              batch.get("cand"))
+        if self.output_emb is None:  # forward looks up every id through the item features
+            ids = item_lookup_ids(batch["seq"], batch["token_type"], batch["pos"],
+                                  batch.get("neg"), batch.get("cand"))
+        else:  # the scored ids come from output_emb: only the input items need their rows
+            ids = (batch["seq"] * (batch["token_type"] == TOKEN_ITEM)).reshape(-1)
         if self._whole_catalogue(ids.size):
             return None
         return self.features.host_mm.gather_host(ids, pin)

@@ -301,3 +301,23 @@ def test_input_worker_gathers_the_multimodal_rows_ahead_of_the_step():
                                              item_mm=got["item_mm"])[0],
                                        model(got["seq"], got["token_type"], got["pos"],
                                              got["neg"])[0])
+
+
+def test_with_a_separate_output_embedding_only_the_input_items_rows_are_gathered():
+    """pos and neg are scored from output_emb, so their multimodal rows are not needed."""
+    items, users, dim, b, n = 5000, 7, 6, 3, 9
+    model = BaseModel(_schema(dim), _tables(items, users, dim), items, users, hidden_units=8,
+                      dropout_rate=0.0, maxlen=n - 1, output_embedding="separate").eval()
+    gen = np.random.default_rng(5)
+    batch = {"seq": gen.integers(1, items + 1, (b, n)), "token_type": np.ones((b, n), np.int64),
+             "pos": gen.integers(1, items + 1, (b, n)), "neg": gen.integers(1, items + 1, (b, n))}
+    batch["token_type"][0, 0], batch["seq"][0, 0] = 2, 3  # a user token: user 3, no item
+    ids, rows = model.host_item_mm(batch)
+    inputs = batch["seq"] * (batch["token_type"] == 1)
+    assert ids.tolist() == sorted(set(inputs.ravel().tolist()))
+    assert len(rows[0]) == len(ids)
+    t = {k: torch.from_numpy(v) for k, v in batch.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model(t["seq"], t["token_type"], t["pos"], t["neg"],
+                                         item_mm=(ids, rows))[0],
+                                   model(t["seq"], t["token_type"], t["pos"], t["neg"])[0])
