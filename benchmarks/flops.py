@@ -141,9 +141,8 @@ def profile_step(case, steps: int = 3) -> StepProfile:
     for _ in range(steps):
         with profile(activities=activities) as prof:
             record = case.step()
-        micros = {}
-        for e in prof.key_averages():
-            micros[e.key] = e.self_device_time_total if cuda else e.self_cpu_time_total
+        micros = {e.key: e.self_device_time_total if cuda else e.self_cpu_time_total
+                  for e in prof.key_averages()}
         mm.append(sum(micros.get(k, 0) for k in MATMUL_OPS) / 1e6)
         floor.append(sum(micros.get(k, 0) for k in FLOOR_OPS) / 1e6)
         ratio.append(record["model"] / mm[-1])
